@@ -1,0 +1,282 @@
+"""GPT-2 in one file, built only from the ops in `kernels`.
+
+The architecture is GPT-2's (Radford et al. 2019) as nanoGPT writes it: learned token and
+position embeddings, N pre-norm blocks [LayerNorm -> causal self-attention -> residual,
+LayerNorm -> MLP (4x, tanh GELU) -> residual], a final LayerNorm and a language-model head
+tied to the token embedding. Parameter names are nanoGPT's / Hugging Face's, so checkpoints
+move between this project, nanoGPT and GPT-2 with a plain key map.
+
+Every hot op (attention, LayerNorm, linear+GELU, the loss) goes through `kernels.ops(backend)`:
+`kernels="torch"` runs the plain-PyTorch references, `kernels="triton"` the hand-written
+Triton kernels, `kernels="auto"` picks per tensor (Triton on CUDA, reference on CPU).
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+# ignored target id in `GPT.forward` (nanoGPT's convention; F.cross_entropy's default is -100)
+IGNORE_INDEX = -1
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence (number of position embeddings)
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for fast matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+    kernels: str = "auto"  # "auto" | "triton" | "torch"
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.kernels not in kernels.BACKENDS:
+            raise ValueError(
+                f"GPTConfig.kernels must be one of {kernels.BACKENDS}, got {self.kernels!r}"
+            )
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A named size (see PRESETS) with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown GPT preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The four GPT-2 sizes (OpenAI's vocabulary of 50257, context 1024) and small ones for CPUs.
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024),
+    # nanoGPT's Shakespeare character recipes (GPU and "small CPU" sizes)
+    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
+    "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32),
+}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last dim with an optional bias (PyTorch's has no bias=False)."""
+
+    def __init__(self, ndim, bias, ops):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.ops = ops
+
+    def forward(self, x):
+        return self.ops.layer_norm(x, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, ops):
+        super().__init__()
+        # q, k, v projections for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.ops = ops
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, nh, T, hs): a strided view; the kernels read strides, no copy
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        y = self.ops.flash_attention(q, k, v, causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config, ops):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.ops = ops
+
+    def forward(self, x):
+        # c_fc and the tanh GELU are one fused op; the nn.Linear holds the parameters
+        x = self.ops.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)
+        return self.dropout(self.c_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config, ops):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, ops)
+        self.attn = CausalSelfAttention(config, ops)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, ops)
+        self.mlp = MLP(config, ops)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.ops = kernels.ops(config.kernels)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, self.ops) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.bias, self.ops),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf 2017), as GPT-2: one (V, C) matrix embeds and un-embeds
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection gets std / sqrt(2 * n_layer),
+        # so the residual stream's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=False):
+        """Number of parameters (the tied lm_head counted once). With `non_embedding`, the
+        position embeddings are left out (the token embedding is the lm_head, so it stays)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) int64 token ids; targets (B, T) int64 or None (ids equal to -1 are ignored).
+
+        Without targets: returns (logits (B, T, vocab_size), None).
+        With targets: returns (None, loss): the loss comes from the fused linear cross-entropy,
+        which never materialises the (B*T, vocab_size) logits, so no logits are returned.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be 2-D (B, T), got shape {tuple(idx.shape)}")
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {T} exceeds the model's block_size {self.config.block_size}"
+            )
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C)
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+
+        if targets is None:
+            return self.lm_head(x), None
+        if targets.shape != idx.shape:
+            raise ValueError(
+                f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
+            )
+        loss = self.ops.fused_linear_cross_entropy(
+            x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T),
+            ignore_index=IGNORE_INDEX,
+        )
+        return None, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context (e.g. to fine-tune GPT-2's 1024 at 256): fewer position embeddings."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(
+                f"block_size must be in [1, {self.config.block_size}], got {block_size}"
+            )
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on 2-D weights (matmuls, embeddings) only; biases and
+        LayerNorm gains are not decayed. Fused AdamW on CUDA (one kernel for all params)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        extra = {"fused": True} if device_type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token (forward + backward): 6N for the matmuls with the weights
+        plus 12 * L * T * C for attention's QK^T and AV (PaLM appendix B, as nanoGPT)."""
+        cfg = self.config
+        T = cfg.block_size if seq_len is None else seq_len
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops, seq_len=None):
+        """Model FLOPs utilisation: achieved training FLOP/s over `peak_flops` (FLOP/s)."""
+        if not peak_flops or dt <= 0:
+            return None
+        return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Sample `max_new_tokens` tokens after the prompt idx (B, T) and return (B, T + new).
+
+        temperature > 0 divides the logits; top_k keeps only the k most likely tokens. The
+        context is cropped to the last block_size tokens when it grows longer.
+        """
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(f"idx must be a non-empty (B, T) prompt, got shape {tuple(idx.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k must be a positive int or None, got {top_k}")
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size :]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :].float() / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+        return idx

@@ -1,0 +1,94 @@
+"""Sample from a model trained by train.py:
+
+    python -m gpt.sample --out_dir=out --start="ROMEO:" --num_samples=3 --max_new_tokens=300
+
+`--start` is the prompt text, or FILE:path to read it from a file. Options take the
+--name=value form; unknown names and wrong types are errors.
+"""
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from gpt.cli import parse_overrides
+from gpt.model import GPT, GPTConfig
+from gpt.tokenizer import load_tokenizer
+
+DEFAULTS = dict(
+    out_dir="out",  # folder with ckpt.pt and tokenizer.json from train.py
+    start="\n",  # prompt, or FILE:path
+    num_samples=3,
+    max_new_tokens=300,
+    temperature=0.8,  # < 1 sharper, > 1 more random
+    top_k=200,  # keep the k most likely tokens; 0 keeps all
+    seed=1337,
+    device="auto",
+    dtype="auto",  # float32 on CPU, bfloat16 on GPUs that have it
+    kernels="",  # override the checkpoint's kernels setting ("auto" | "triton" | "torch")
+)
+
+
+def load_checkpoint(out_dir, device="cpu", **overrides):
+    """Return (model in eval mode, tokenizer) from train.py's out_dir."""
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "ckpt.pt"
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"no checkpoint at {ckpt_path}: train with train.py --out_dir={out_dir} first")
+    # weights_only: a checkpoint someone hands you cannot run code when loaded
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+    model_args = {**checkpoint["model_args"], **overrides, "dropout": 0.0}
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    return model, load_tokenizer(out_dir / "tokenizer.json")
+
+
+def sample(cfg):
+    """Generate cfg["num_samples"] continuations of cfg["start"]; return them as strings."""
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    dtype = cfg["dtype"]
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if cfg["num_samples"] < 1 or cfg["max_new_tokens"] < 0:
+        raise ValueError("num_samples must be >= 1 and max_new_tokens >= 0")
+    ptdtype = getattr(torch, dtype)
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
+
+    overrides = {"kernels": cfg["kernels"]} if cfg["kernels"] else {}
+    model, tokenizer = load_checkpoint(cfg["out_dir"], device, **overrides)
+    start = cfg["start"]
+    if start.startswith("FILE:"):
+        start = Path(start[5:]).read_text(encoding="utf-8")
+    if not start:
+        raise ValueError("start must be a non-empty prompt")
+    ids = tokenizer.encode(start)  # raises ValueError for characters outside the vocabulary
+    if len(ids) > model.config.block_size:
+        ids = ids[-model.config.block_size :]  # the model only sees its last block_size tokens
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+
+    torch.manual_seed(cfg["seed"])
+    texts = []
+    with torch.no_grad(), ctx:
+        for _ in range(cfg["num_samples"]):
+            y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"],
+                               top_k=cfg["top_k"] or None)
+            texts.append(tokenizer.decode(y[0].tolist()))
+    return texts
+
+
+def main(argv=None):
+    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    for text in sample(cfg):
+        print(text)
+        print("---------------")
+
+
+if __name__ == "__main__":
+    main()
