@@ -56,7 +56,7 @@ DEFAULTS = dict(
     n_head=4,
     n_embd=128,
     dropout=0.0,
-    bias=True,
+    bias=False,  # nanoGPT's default: no biases in Linears/LayerNorms (GPT-2 has them)
     kernels="auto",  # "auto" | "triton" | "torch"
     # AdamW
     learning_rate=1e-3,
@@ -399,7 +399,8 @@ def _train(cfg, ddp, rank, world_size, master, device, device_type, dtype, accum
 
         # evaluate and checkpoint (not again at the iteration a resume starts from: it was
         # done before the checkpoint was written, and redoing it would shift the RNG stream)
-        if iter_num % cfg["eval_interval"] == 0 and master and iter_num != resumed_at:
+        redo = iter_num == resumed_at and not cfg["eval_only"]
+        if (iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"]) and master and not redo:
             last_losses = estimate_loss(raw_model, datasets, cfg, device, autocast_ctx)
             log({"iter": iter_num, "train_loss": last_losses["train"], "val_loss": last_losses["val"]},
                 f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}")

@@ -1,0 +1,664 @@
+"""The plain-PyTorch references against independent formulas, plus validation and dispatch.
+
+Every reference is compared with something that does not call it: a float64 einsum with a
+mask built from absolute positions, torch.nn.functional twins, or the written-out formula.
+Gradients of every input are compared in float64.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import _validate, reference
+from tests.helpers import TOL, assert_close
+
+HALF_DTYPES = [torch.float16, torch.bfloat16]
+
+
+def grads(out, inputs, seed_grad=None):
+    """d(sum(out * g))/d(inputs) for a fixed random g (a plain sum hides sign errors)."""
+    g = torch.randn_like(out) if seed_grad is None else seed_grad
+    return torch.autograd.grad(out, [t for t in inputs if t is not None], g)
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+
+
+# --------------------------------------------------------------------------- attention
+
+def naive_attention(q, k, v, causal, sm_scale=None):
+    """float64 einsum; query i is at absolute position Tk - Tq + i and sees keys j <= it."""
+    q, k, v = q.double(), k.double(), v.double()
+    Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    s = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    allowed = torch.ones(Tq, Tk, dtype=torch.bool)
+    if causal:
+        allowed = torch.tensor([[j <= Tk - Tq + i for j in range(Tk)] for i in range(Tq)])
+    s = s.masked_fill(~allowed, -1e300)
+    e = torch.exp(s - s.amax(dim=-1, keepdim=True)) * allowed
+    p = e / e.sum(dim=-1, keepdim=True)
+    return torch.einsum("bhij,bhjd->bhid", p, v)
+
+
+def bottom_right_mask(Tq, Tk):
+    return torch.ones(Tq, Tk, dtype=torch.bool).tril(diagonal=Tk - Tq)
+
+
+def qkv(B, H, Tq, Tk, D, dtype=torch.float64):
+    q = torch.randn(B, H, Tq, D, dtype=dtype)
+    k = torch.randn(B, H, Tk, D, dtype=dtype)
+    v = torch.randn(B, H, Tk, D, dtype=dtype)
+    return q, k, v
+
+
+SEQ = [(1, 1), (17, 17), (100, 100), (1, 17), (17, 100), (1, 100)]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("D", [16, 64])
+@pytest.mark.parametrize("Tq, Tk", SEQ)
+@pytest.mark.parametrize("B, H", [(1, 1), (3, 5)])
+def test_attention_vs_naive(B, H, Tq, Tk, D, causal):
+    q, k, v = qkv(B, H, Tq, Tk, D)
+    out = reference.flash_attention(q, k, v, causal=causal)
+    assert out.dtype == torch.float64 and out.shape == (B, H, Tq, D)
+    assert_close(out, naive_attention(q, k, v, causal), 1e-12, "attention")
+
+
+def test_attention_noncausal_more_queries_than_keys():
+    q, k, v = qkv(2, 3, 17, 5, 16)
+    out = reference.flash_attention(q, k, v, causal=False, sm_scale=0.3)
+    assert_close(out, naive_attention(q, k, v, False, 0.3), 1e-12, "attention")
+
+
+@pytest.mark.parametrize("sm_scale", [None, 0.05, 1.0])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T", [1, 17, 100])
+def test_attention_vs_sdpa(T, causal, sm_scale):
+    q, k, v = qkv(3, 5, T, T, 32, dtype=torch.float32)
+    out = reference.flash_attention(q, k, v, causal=causal, sm_scale=sm_scale)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                         is_causal=causal, scale=sm_scale)
+    assert out.dtype == torch.float32
+    assert_close(out, ref, TOL[torch.float32], "attention")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("Tq, Tk", [(1, 1), (17, 17), (1, 17), (17, 100), (100, 100)])
+def test_attention_grads_vs_sdpa(Tq, Tk, causal):
+    q, k, v = leaves(*qkv(2, 3, Tq, Tk, 16))
+    out = reference.flash_attention(q, k, v, causal=causal)
+    g = torch.randn_like(out)
+    got = grads(out, (q, k, v), g)
+    q2, k2, v2 = leaves(q, k, v)
+    mask = bottom_right_mask(Tq, Tk) if causal else None
+    ref_out = F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask)
+    assert_close(out, ref_out, 1e-12, "out")
+    for name, a, b in zip("qkv", got, grads(ref_out, (q2, k2, v2), g)):
+        assert_close(a, b, 1e-10, f"d{name}", atol=1e-13)
+
+
+@pytest.mark.parametrize("Tq, Tk", [(17, 17), (5, 40)])
+def test_attention_causal_never_sees_the_future(Tq, Tk):
+    q, k, v = qkv(2, 2, Tq, Tk, 16, dtype=torch.float32)
+    out = reference.flash_attention(q, k, v, causal=True)
+    offset = Tk - Tq
+    for p in range(offset + 1, Tk):  # change key/value at absolute position p
+        k2, v2 = k.clone(), v.clone()
+        k2[:, :, p] += 10.0
+        v2[:, :, p] -= 10.0
+        out2 = reference.flash_attention(q, k2, v2, causal=True)
+        earlier = p - offset  # queries at absolute positions < p
+        assert torch.equal(out2[:, :, :earlier], out[:, :, :earlier]), f"position {p} leaked"
+        assert not torch.equal(out2[:, :, earlier:], out[:, :, earlier:])
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES + [torch.float32])
+def test_attention_dtypes(dtype):
+    q, k, v = qkv(2, 3, 17, 33, 64, dtype=dtype)
+    out = reference.flash_attention(q, k, v, causal=True)
+    assert out.dtype == dtype
+    assert_close(out, naive_attention(q, k, v, True), TOL[dtype], "attention")
+
+
+def test_attention_noncontiguous_inputs():
+    # the model's layout: (B, T, H, D) views transposed to (B, H, T, D)
+    base = torch.randn(2, 17, 3 * 4, 16, dtype=torch.float64)
+    q, k, v = (t.transpose(1, 2) for t in base.split(4, dim=2))
+    assert not q.is_contiguous()
+    out = reference.flash_attention(q, k, v)
+    assert_close(out, naive_attention(q, k, v, True), 1e-12, "attention")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_attention_dropout(p):
+    # q = k = 0 gives uniform probabilities 1/T; v = I makes the output the probabilities
+    B, H, T = 4, 4, 64
+    q = torch.zeros(B, H, T, T)
+    v = torch.eye(T).expand(B, H, T, T)
+    probs = reference.flash_attention(q, q, v, causal=False, dropout_p=p)
+    zero_frac = (probs == 0).double().mean().item()
+    assert abs(zero_frac - p) < 0.01, zero_frac
+    kept = probs[probs != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / T / (1 - p)))
+    # E[dropout(P)] = P: row sums average to 1
+    assert abs(probs.sum(-1).mean().item() - 1.0) < 0.02
+    # and a causal mask stays a mask under dropout
+    causal = reference.flash_attention(q, q, v, causal=True, dropout_p=p)
+    assert (causal[..., ~bottom_right_mask(T, T)] == 0).all()
+
+
+def test_attention_dropout_zero_is_deterministic():
+    q, k, v = qkv(2, 2, 17, 17, 16)
+    a = reference.flash_attention(q, k, v, dropout_p=0.0)
+    assert torch.equal(a, reference.flash_attention(q, k, v))
+
+
+# --------------------------------------------------------------------------- layer norm
+
+LN_SHAPES = [(1, 16), (5, 100), (3, 17, 96), (2, 3, 257)]
+
+
+def ln_inputs(shape, with_bias, dtype=torch.float64):
+    C = shape[-1]
+    x = torch.randn(shape, dtype=dtype) * 2.0 + 0.5
+    w = 1.0 + 0.1 * torch.randn(C, dtype=dtype)
+    b = 0.1 * torch.randn(C, dtype=dtype) if with_bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", LN_SHAPES)
+def test_layer_norm_vs_torch(shape, with_bias):
+    x, w, b = leaves(*ln_inputs(shape, with_bias))
+    out = reference.layer_norm(x, w, b, eps=1e-5)
+    x2, w2, b2 = leaves(x, w, b)
+    ref = F.layer_norm(x2, (shape[-1],), w2, b2, eps=1e-5)
+    assert_close(out, ref, 1e-12, "layer_norm")
+    g = torch.randn_like(out)
+    for name, a, r in zip(["dx", "dweight", "dbias"], grads(out, (x, w, b), g),
+                          grads(ref, (x2, w2, b2), g)):
+        assert_close(a, r, 1e-10, name, atol=1e-13)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_layer_norm_eps_and_noncontiguous(eps):
+    x = torch.randn(96, 17, dtype=torch.float64).t()  # (17, 96), last-dim stride 17
+    w, b = torch.randn(96, dtype=torch.float64), torch.randn(96, dtype=torch.float64)
+    assert_close(reference.layer_norm(x, w, b, eps), F.layer_norm(x, (96,), w, b, eps), 1e-12,
+                 "layer_norm")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES + [torch.float32])
+def test_layer_norm_dtypes(dtype):
+    x, w, b = ln_inputs((3, 17, 96), True, dtype)
+    out = reference.layer_norm(x, w, b)
+    assert out.dtype == dtype
+    ref = F.layer_norm(x.double(), (96,), w.double(), b.double())
+    assert_close(out, ref, TOL[dtype], "layer_norm")
+
+
+def test_layer_norm_float32_params_with_half_input():
+    x, w, b = ln_inputs((4, 100), True, torch.float32)
+    out = reference.layer_norm(x.bfloat16(), w, b)
+    assert out.dtype == torch.bfloat16
+    ref = F.layer_norm(x.bfloat16().double(), (100,), w.double(), b.double())
+    assert_close(out, ref, TOL[torch.bfloat16], "layer_norm")
+
+
+# --------------------------------------------------------------------------- linear + GELU
+
+def gelu_tanh_formula(h):
+    return 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+
+
+LG_SHAPES = [((1, 16), 1), ((7, 96), 100), ((2, 17, 100), 384), ((3, 1, 5, 33), 65), ((33,), 8)]
+
+
+def lg_inputs(x_shape, N, with_bias, dtype=torch.float64):
+    K = x_shape[-1]
+    x = torch.randn(x_shape, dtype=dtype)
+    w = torch.randn(N, K, dtype=dtype) / math.sqrt(K)
+    b = 0.5 * torch.randn(N, dtype=dtype) if with_bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("x_shape, N", LG_SHAPES)
+def test_linear_gelu_vs_torch(x_shape, N, with_bias):
+    x, w, b = leaves(*lg_inputs(x_shape, N, with_bias))
+    out = reference.linear_gelu(x, w, b)
+    assert out.shape == (*x_shape[:-1], N)
+    x2, w2, b2 = leaves(x, w, b)
+    ref = F.gelu(F.linear(x2, w2, b2), approximate="tanh")
+    assert_close(out, ref, 1e-12, "linear_gelu")
+    h = x.detach() @ w.detach().t() + (b.detach() if b is not None else 0)
+    assert_close(out, gelu_tanh_formula(h), 1e-12, "linear_gelu vs formula")
+    g = torch.randn_like(out)
+    for name, a, r in zip(["dx", "dweight", "dbias"], grads(out, (x, w, b), g),
+                          grads(ref, (x2, w2, b2), g)):
+        assert_close(a, r, 1e-10, name, atol=1e-13)
+
+
+def test_linear_gelu_is_tanh_approximation():
+    # distinguishes "gelu_new" from the erf GELU: they differ by ~1e-4 near |x| ~ 2
+    x = torch.linspace(-4, 4, 81, dtype=torch.float64).unsqueeze(1)
+    w = torch.ones(1, 1, dtype=torch.float64)
+    out = reference.linear_gelu(x, w).squeeze(1)
+    assert_close(out, gelu_tanh_formula(x.squeeze(1)), 1e-14, "gelu")
+    assert (out - F.gelu(x.squeeze(1))).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES + [torch.float32])
+def test_linear_gelu_dtypes(dtype):
+    x, w, b = lg_inputs((2, 17, 96), 100, True, dtype)
+    out = reference.linear_gelu(x, w, b)
+    assert out.dtype == dtype
+    ref = F.gelu(F.linear(x.double(), w.double(), b.double()), approximate="tanh")
+    assert_close(out, ref, TOL[dtype], "linear_gelu")
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+REDUCTIONS = ["mean", "sum", "none"]
+CE_SHAPES = [(1, 1000), (17, 1000), (100, 1000), (8, 50257)]
+
+
+def ce_inputs(N, V, ignore_frac, ignore_index=-100, dtype=torch.float64, scale=3.0):
+    logits = torch.randn(N, V, dtype=dtype) * scale
+    target = torch.randint(0, V, (N,))
+    target[torch.rand(N) < ignore_frac] = ignore_index
+    return logits, target
+
+
+@pytest.mark.parametrize("ignore_frac", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("N, V", CE_SHAPES)
+def test_cross_entropy_vs_torch(N, V, reduction, ignore_frac):
+    logits, target = ce_inputs(N, V, ignore_frac)
+    if ignore_frac and N > 1:
+        target[0] = -100  # at least one ignored row
+        target[-1] = 0  # and one counted row
+    (lg,) = leaves(logits)
+    out = reference.cross_entropy(lg, target, reduction=reduction)
+    (lg2,) = leaves(logits)
+    if (target == -100).all() and reduction == "mean":
+        reduction = "sum"  # torch's mean is NaN here; the contract says 0, as the sum is
+    ref = F.cross_entropy(lg2, target, reduction=reduction)
+    assert out.dtype == torch.float64
+    assert_close(out, ref, 1e-12, "loss")
+    g = torch.randn_like(out)
+    assert_close(grads(out, [lg], g)[0], grads(ref, [lg2], g)[0], 1e-10, "dlogits")
+
+
+def test_cross_entropy_ignore_index_inside_vocab():
+    logits, target = ce_inputs(50, 10, 0.0)
+    target[::3] = 3
+    for reduction in REDUCTIONS:
+        out = reference.cross_entropy(logits, target, ignore_index=3, reduction=reduction)
+        ref = F.cross_entropy(logits, target, ignore_index=3, reduction=reduction)
+        assert_close(out, ref, 1e-12, f"loss ({reduction})")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_large_logits_stay_finite(reduction):
+    logits, target = ce_inputs(64, 1000, 0.2, dtype=torch.float32, scale=1e4)
+    (lg,) = leaves(logits)
+    out = reference.cross_entropy(lg, target, reduction=reduction)
+    assert out.dtype == torch.float32
+    (dl,) = grads(out, [lg])
+    assert torch.isfinite(out).all() and torch.isfinite(dl).all()
+    ref = F.cross_entropy(logits.double(), target, reduction=reduction)
+    assert_close(out, ref, TOL[torch.float32], "loss")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_all_ignored(reduction):
+    (lg,) = leaves(torch.randn(7, 100))
+    target = torch.full((7,), -100)
+    out = reference.cross_entropy(lg, target, reduction=reduction)
+    assert torch.equal(out, torch.zeros_like(out)) and not torch.isnan(out).any()
+    assert out.shape == ((7,) if reduction == "none" else ())
+    (dl,) = grads(out, [lg])
+    assert torch.equal(dl, torch.zeros_like(dl))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_cross_entropy_half_logits_give_float32_loss(dtype):
+    logits, target = ce_inputs(33, 1000, 0.2, dtype=dtype)
+    (lg,) = leaves(logits)
+    for reduction in REDUCTIONS:
+        out = reference.cross_entropy(lg, target, reduction=reduction)
+        assert out.dtype == torch.float32
+        # same half values, float32 math: only float32 rounding separates them
+        ref = F.cross_entropy(logits.double(), target, reduction=reduction)
+        assert_close(out, ref, TOL[torch.float32], f"loss ({reduction})")
+    assert grads(reference.cross_entropy(lg, target), [lg])[0].dtype == dtype
+
+
+def test_cross_entropy_int32_target():
+    logits, target = ce_inputs(20, 50, 0.2)
+    out = reference.cross_entropy(logits, target.int())
+    assert_close(out, F.cross_entropy(logits, target), 1e-12, "loss")
+
+
+# --------------------------------------------------------------------------- fused linear CE
+
+FLCE_SHAPES = [(1, 16, 1000), (17, 96, 257), (64, 100, 1000)]
+
+
+def flce_inputs(N, C, V, with_bias, dtype=torch.float64):
+    x = torch.randn(N, C, dtype=dtype)
+    w = torch.randn(V, C, dtype=dtype) / math.sqrt(C) * 2
+    b = 0.5 * torch.randn(V, dtype=dtype) if with_bias else None
+    target = torch.randint(0, V, (N,))
+    target[torch.rand(N) < 0.25] = -100
+    return x, w, b, target
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("N, C, V", FLCE_SHAPES)
+def test_fused_linear_cross_entropy_vs_torch(N, C, V, reduction, with_bias):
+    x, w, b, target = flce_inputs(N, C, V, with_bias)
+    x, w, b = leaves(x, w, b)
+    out = reference.fused_linear_cross_entropy(x, w, target, bias=b, reduction=reduction)
+    x2, w2, b2 = leaves(x, w, b)
+    if (target == -100).all() and reduction == "mean":
+        reduction = "sum"  # torch's mean is NaN here; the contract says 0, as the sum is
+    ref = F.cross_entropy(F.linear(x2, w2, b2), target, reduction=reduction)
+    assert_close(out, ref, 1e-12, "loss")
+    g = torch.randn_like(out)
+    for name, a, r in zip(["dx", "dweight", "dbias"], grads(out, (x, w, b), g),
+                          grads(ref, (x2, w2, b2), g)):
+        assert_close(a, r, 1e-10, name, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES + [torch.float32])
+def test_fused_linear_cross_entropy_dtypes(dtype):
+    x, w, b, target = flce_inputs(33, 96, 1000, True, dtype)
+    out = reference.fused_linear_cross_entropy(x, w, target, b)
+    assert out.dtype == torch.float32
+    ref = F.cross_entropy(F.linear(x.double(), w.double(), b.double()), target)
+    assert_close(out, ref, TOL[torch.float32], "loss")
+
+
+def test_fused_linear_cross_entropy_ignore_index():
+    x, w, b, target = flce_inputs(20, 16, 50, False)
+    target = torch.where(target == -100, 7, target)
+    target[::2] = 7
+    out = reference.fused_linear_cross_entropy(x, w, target, ignore_index=7, reduction="sum")
+    ref = F.cross_entropy(F.linear(x, w), target, ignore_index=7, reduction="sum")
+    assert_close(out, ref, 1e-12, "loss")
+
+
+# --------------------------------------------------------------------------- validation
+
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape).to(dtype)
+
+
+_q = _t(2, 3, 8, 16)
+_x = _t(4, 32)
+_w32 = _t(32)
+_W = _t(10, 32)
+_tgt = torch.randint(0, 10, (4,))
+
+BAD_CALLS = {
+    # attention
+    "q rank": (lambda: reference.flash_attention(_t(2, 3), _q, _q), ValueError,
+               r"q must be 4-D \(B, H, Tq, D\), got shape \(2, 3\)"),
+    "k rank": (lambda: reference.flash_attention(_q, _t(3, 8, 16), _q), ValueError,
+               r"k must be 4-D"),
+    "k heads": (lambda: reference.flash_attention(_q, _t(2, 4, 8, 16), _t(2, 4, 8, 16)),
+                ValueError, r"k must have shape \(B, H, Tk, D\) = \(2, 3, Tk, 16\)"),
+    "k head dim": (lambda: reference.flash_attention(_q, _t(2, 3, 8, 32), _t(2, 3, 8, 32)),
+                   ValueError, r"k must have shape"),
+    "v shape": (lambda: reference.flash_attention(_q, _q, _t(2, 3, 9, 16)), ValueError,
+                r"v must have the shape of k \(2, 3, 8, 16\), got \(2, 3, 9, 16\)"),
+    "qkv dtype": (lambda: reference.flash_attention(_q, _q.half(), _q), TypeError,
+                  r"k must have q's dtype torch.float32, got torch.float16"),
+    "q integer": (lambda: reference.flash_attention(_q.long(), _q, _q), TypeError,
+                  r"q must be a floating-point tensor"),
+    "q not tensor": (lambda: reference.flash_attention([1.0], _q, _q), TypeError,
+                     r"q must be a torch.Tensor, got list"),
+    "causal Tq > Tk": (lambda: reference.flash_attention(_t(2, 3, 9, 16), _q, _q), ValueError,
+                       r"Tq <= Tk.*Tq=9, Tk=8"),
+    "sm_scale <= 0": (lambda: reference.flash_attention(_q, _q, _q, sm_scale=0.0), ValueError,
+                      r"sm_scale must be a finite number > 0, got 0.0"),
+    "sm_scale nan": (lambda: reference.flash_attention(_q, _q, _q, sm_scale=float("nan")),
+                     ValueError, r"sm_scale"),
+    "dropout 1": (lambda: reference.flash_attention(_q, _q, _q, dropout_p=1.0), ValueError,
+                  r"dropout_p must be in \[0, 1\), got 1.0"),
+    "dropout < 0": (lambda: reference.flash_attention(_q, _q, _q, dropout_p=-0.1), ValueError,
+                    r"dropout_p"),
+    "head dim triton": (lambda: _validate.check_attention(_t(1, 1, 4, 48), _t(1, 1, 4, 48),
+                                                          _t(1, 1, 4, 48), for_triton=True),
+                        ValueError, r"head dim D=48 .*supported: \(16, 32, 64, 128\)"),
+    "float64 triton": (lambda: _validate.check_attention(_q.double(), _q.double(), _q.double(),
+                                                         for_triton=True),
+                       TypeError, r"q has dtype torch.float64"),
+    # layer norm
+    "ln weight shape": (lambda: reference.layer_norm(_x, _t(31), None), ValueError,
+                        r"weight must have shape \(32,\) \(x's last dim\), got \(31,\)"),
+    "ln bias shape": (lambda: reference.layer_norm(_x, _w32, _t(4, 32)), ValueError,
+                      r"bias must have shape \(32,\)"),
+    "ln eps 0": (lambda: reference.layer_norm(_x, _w32, None, eps=0.0), ValueError,
+                 r"eps must be a finite number > 0"),
+    "ln eps negative": (lambda: reference.layer_norm(_x, _w32, None, eps=-1e-5), ValueError,
+                        r"eps"),
+    "ln integer x": (lambda: reference.layer_norm(_x.int(), _w32, None), TypeError,
+                     r"x must be a floating-point tensor, got dtype torch.int32"),
+    "ln weight None": (lambda: reference.layer_norm(_x, None, None), TypeError,
+                       r"weight must be a torch.Tensor, got NoneType"),
+    # linear + gelu
+    "lg weight K": (lambda: reference.linear_gelu(_x, _t(10, 31)), ValueError,
+                    r"weight must have shape \(N, K\) with K = x's last dim 32, got \(10, 31\)"),
+    "lg weight rank": (lambda: reference.linear_gelu(_x, _t(32)), ValueError,
+                       r"weight must be 2-D \(N, K\)"),
+    "lg bias shape": (lambda: reference.linear_gelu(_x, _W, _t(11)), ValueError,
+                      r"bias must have shape \(10,\)"),
+    "lg dtype": (lambda: reference.linear_gelu(_x, _W.double()), TypeError,
+                 r"weight must have x's dtype"),
+    # cross-entropy
+    "ce integer logits": (lambda: reference.cross_entropy(_tgt.view(2, 2), _tgt[:2]), TypeError,
+                          r"logits must be a floating-point tensor, got dtype torch.int64"),
+    "ce logits rank": (lambda: reference.cross_entropy(_t(2, 3, 10), _tgt), ValueError,
+                       r"logits must be 2-D \(N, V\), got shape \(2, 3, 10\)"),
+    "ce float target": (lambda: reference.cross_entropy(_t(4, 10), _tgt.float()), TypeError,
+                        r"target must hold integer class indices, got dtype torch.float32"),
+    "ce target length": (lambda: reference.cross_entropy(_t(5, 10), _tgt), ValueError,
+                         r"target must have shape \(5,\).*got \(4,\)"),
+    "ce target too big": (lambda: reference.cross_entropy(_t(4, 10), torch.tensor([0, 1, 10, 2])),
+                          ValueError, r"target must be in \[0, 10\) or equal ignore_index=-100, "
+                                      r"found 10"),
+    "ce target negative": (lambda: reference.cross_entropy(_t(4, 10), torch.tensor([0, -1, 1, 2])),
+                           ValueError, r"found -1"),
+    "ce reduction": (lambda: reference.cross_entropy(_t(4, 10), _tgt, reduction="avg"),
+                     ValueError, r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"),
+    # fused linear cross-entropy
+    "flce x rank": (lambda: reference.fused_linear_cross_entropy(_t(2, 2, 32), _W, _tgt),
+                    ValueError, r"x must be 2-D \(N, C\)"),
+    "flce weight C": (lambda: reference.fused_linear_cross_entropy(_x, _t(10, 31), _tgt),
+                      ValueError, r"weight must have shape \(V, C\) with C = x's last dim 32"),
+    "flce bias": (lambda: reference.fused_linear_cross_entropy(_x, _W, _tgt, bias=_t(9)),
+                  ValueError, r"bias must have shape \(10,\)"),
+    "flce target range": (lambda: reference.fused_linear_cross_entropy(
+        _x, _W, torch.tensor([0, 1, 2, 99])), ValueError, r"\[0, 10\).*found 99"),
+    "flce reduction": (lambda: reference.fused_linear_cross_entropy(_x, _W, _tgt, reduction=None),
+                       ValueError, r"reduction must be one of"),
+    "flce integer x": (lambda: reference.fused_linear_cross_entropy(_x.long(), _W, _tgt),
+                       TypeError, r"x must be a floating-point tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_validation_errors(case):
+    call, exc, pattern = BAD_CALLS[case]
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+PUBLIC_BAD_CALLS = {
+    "flash_attention": (lambda: kernels.flash_attention(_t(2, 3), _q, _q), ValueError,
+                        r"q must be 4-D"),
+    "layer_norm": (lambda: kernels.layer_norm(_x, _t(31), None), ValueError,
+                   r"weight must have shape \(32,\)"),
+    "linear_gelu": (lambda: kernels.linear_gelu(_x, _t(10, 31)), ValueError,
+                    r"weight must have shape \(N, K\)"),
+    "cross_entropy": (lambda: kernels.cross_entropy(_t(4, 10), torch.tensor([0, 1, 10, 2])),
+                      ValueError, r"found 10"),
+    "fused_linear_cross_entropy": (lambda: kernels.fused_linear_cross_entropy(_x, _W, _tgt[:3]),
+                                   ValueError, r"target must have shape \(4,\)"),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_BAD_CALLS))
+def test_public_functions_validate_too(name, monkeypatch):
+    """The dispatching functions reach the same checks (through the reference on CPU)."""
+    monkeypatch.delenv("GPT_KERNELS", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    call, exc, pattern = PUBLIC_BAD_CALLS[name]
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_reference_accepts_any_head_dim():
+    q, k, v = qkv(1, 2, 5, 7, 48)
+    assert_close(reference.flash_attention(q, k, v), naive_attention(q, k, v, True), 1e-12, "out")
+
+
+def test_target_equal_to_ignore_index_outside_vocab_is_fine():
+    out = reference.cross_entropy(_t(4, 10), torch.tensor([0, -5, 1, 2]), ignore_index=-5)
+    assert torch.isfinite(out)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+OPS_ARGS = {
+    "flash_attention": lambda: ((_q, _q, _q), {}),
+    "layer_norm": lambda: ((_x, _w32, None), {}),
+    "linear_gelu": lambda: ((_x, _W), {}),
+    "cross_entropy": lambda: ((_t(4, 10), _tgt), {}),
+    "fused_linear_cross_entropy": lambda: ((_x, _W, _tgt), {}),
+}
+
+
+@pytest.fixture
+def no_triton(monkeypatch):
+    """An empty registry and no dispatch overrides in the environment."""
+    monkeypatch.setattr(kernels, "_TRITON_IMPLS", {})
+    monkeypatch.delenv("GPT_KERNELS", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    return monkeypatch
+
+
+def test_public_names_are_functions_not_modules():
+    for name in kernels.OP_NAMES:
+        fn = getattr(kernels, name)
+        assert callable(fn) and fn.__module__ == "kernels", name
+
+
+def test_ops_torch_returns_the_references(no_triton):
+    ns = kernels.ops("torch")
+    assert ns.backend == "torch"
+    for name in kernels.OP_NAMES:
+        assert getattr(ns, name) is getattr(reference, name)
+    # an explicit backend wins over GPT_KERNELS
+    no_triton.setenv("GPT_KERNELS", "triton")
+    assert kernels.ops("torch").layer_norm is reference.layer_norm
+
+
+def test_ops_auto_returns_the_dispatchers(no_triton):
+    ns = kernels.ops()
+    for name in kernels.OP_NAMES:
+        assert getattr(ns, name) is getattr(kernels, name)
+
+
+def test_ops_unknown_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'triton'\), "
+                                         r"got 'nope'"):
+        kernels.ops("nope")
+
+
+def test_bad_gpt_kernels_env(no_triton):
+    no_triton.setenv("GPT_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="GPT_KERNELS"):
+        kernels.layer_norm(_x, _w32, None)
+    with pytest.raises(ValueError, match="GPT_KERNELS"):
+        kernels.ops("auto")
+
+
+@pytest.mark.parametrize("name", kernels.OP_NAMES)
+def test_auto_on_cpu_uses_the_reference(name, no_triton):
+    called = []
+    kernels.register_triton(name, lambda *a, **k: called.append(name))
+    args, kwargs = OPS_ARGS[name]()
+    assert kernels.backend_for(*args) == "torch"
+    out = getattr(kernels, name)(*args, **kwargs)
+    assert not called
+    assert torch.equal(out, getattr(reference, name)(*args, **kwargs))
+
+
+@pytest.mark.parametrize("name", kernels.OP_NAMES)
+def test_forced_triton_without_kernel_raises(name, no_triton):
+    args, kwargs = OPS_ARGS[name]()
+    with pytest.raises(NotImplementedError, match=rf"kernels\.{name} has no Triton kernel"):
+        getattr(kernels.ops("triton"), name)(*args, **kwargs)
+    no_triton.setenv("GPT_KERNELS", "triton")
+    with pytest.raises(NotImplementedError, match=rf"{name}.*GPT_KERNELS=triton"):
+        getattr(kernels, name)(*args, **kwargs)
+
+
+def test_interpreter_on_cpu_takes_triton_and_falls_back(no_triton):
+    no_triton.setenv("TRITON_INTERPRET", "1")
+    assert kernels.backend_for(_x) == "triton"
+    # nothing registered: "auto" falls back to the reference
+    assert torch.equal(kernels.layer_norm(_x, _w32, None), reference.layer_norm(_x, _w32, None))
+    # registered: "auto" takes it, and so does ops("triton"), even when registered later
+    forced = kernels.ops("triton")
+
+    @kernels.register_triton("layer_norm")
+    def fake(x, weight, bias, eps=1e-5):
+        return "triton"
+
+    assert kernels.triton_available("layer_norm") and not kernels.triton_available("linear_gelu")
+    assert kernels.layer_norm(_x, _w32, None) == "triton"
+    assert forced.layer_norm(_x, _w32, None) == "triton"
+    # GPT_KERNELS=torch overrides the device rule
+    no_triton.setenv("GPT_KERNELS", "torch")
+    assert kernels.backend_for(_x) == "torch"
+    assert isinstance(kernels.layer_norm(_x, _w32, None), torch.Tensor)
+
+
+def test_backend_for_rules(no_triton):
+    assert kernels.backend_for(_x, None, 1.0) == "torch"
+    assert kernels.backend_for(_x, backend="triton") == "triton"
+    assert kernels.backend_for(_x, backend="torch") == "torch"
+    meta = torch.empty(0, device="meta")
+    assert kernels.backend_for(meta) == "torch"  # neither CUDA nor CPU: the reference
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.backend_for(_x, backend="cuda")
+
+
+def test_register_triton_rejects_unknown_ops(no_triton):
+    with pytest.raises(ValueError, match=r"unknown op 'softmax'"):
+        kernels.register_triton("softmax", lambda x: x)
+    with pytest.raises(TypeError, match="callable"):
+        kernels.register_triton("layer_norm", 3)
+    with pytest.raises(ValueError, match="unknown op"):
+        kernels.triton_available("gelu")
+
+
+@pytest.mark.gpu
+def test_auto_on_cuda_picks_triton(no_triton):
+    x = torch.randn(4, 32, device="cuda")
+    assert kernels.backend_for(x) == "triton"
+    # no kernel registered in this fixture: auto falls back to the reference on the GPU too
+    assert_close(kernels.layer_norm(x, _w32.cuda(), None),
+                 reference.layer_norm(x, _w32.cuda(), None), 0.0, "layer_norm")
