@@ -45,11 +45,10 @@ TRICKY = [
 def shakespeare_text():
     if SHAKESPEARE.is_file():
         return SHAKESPEARE.read_text(encoding="utf-8")
-    # a small stand-in so the tests still run without the shared data
-    return (
-        "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
-        "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
-    ) * 200
+    # without the shared test data: the first 1.1M characters of the embedded corpus
+    from gpt.data import load_text
+
+    return load_text("shakespeare")[:1_115_394]
 
 
 @pytest.fixture(scope="module")
