@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import regex
 import tiktoken
+import tiktoken.load  # not imported by `import tiktoken`
 
 GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256

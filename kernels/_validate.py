@@ -94,7 +94,10 @@ def _target(target, n_rows, n_classes, ignore_index, ref_name, ref):
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     # One reduction and one host sync: cheap next to an (N, V) op, and a target outside
-    # [0, V) would otherwise read out of bounds in a kernel.
+    # [0, V) would otherwise read out of bounds in a kernel. Skipped while torch.compile
+    # traces (a data-dependent branch would break the graph).
+    if torch.compiler.is_compiling():
+        return
     bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
     if n_rows and bool(bad.any()):
         first = target[bad][0].item()
