@@ -100,13 +100,17 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.ops = ops
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs): a strided view; the kernels read strides, no copy
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if kv_cache is not None:
+            # keys/values of all positions so far: (B, nh, Tk, hs) with Tk >= T; the causal
+            # mask is bottom-right aligned, so the T new queries are the last T positions
+            k, v = kv_cache.update(layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
         y = self.ops.flash_attention(q, k, v, causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -135,8 +139,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias, ops)
         self.mlp = MLP(config, ops)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -184,32 +188,39 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False):
         """idx (B, T) int64 token ids; targets (B, T) int64 or None (ids equal to -1 are ignored).
 
         Without targets: returns (logits (B, T, vocab_size), None).
         With targets: returns (None, loss): the loss comes from the fused linear cross-entropy,
         which never materialises the (B*T, vocab_size) logits, so no logits are returned.
+        kv_cache (a `gpt.generate.KVCache`): idx continues the cached tokens; their keys and
+        values are reused and the new ones appended (generation).
+        last_only: without targets, return the logits of the last position only, (B, 1, V):
+        all that generation needs, without the (B, T, V) lm_head matmul.
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be 2-D (B, T), got shape {tuple(idx.shape)}")
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
         B, T = idx.shape
-        if T > self.config.block_size:
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"sequence length {T} exceeds the model's block_size {self.config.block_size}"
+                f"sequence length {start + T} exceeds the model's block_size {self.config.block_size}"
             )
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         x = self.transformer.drop(tok_emb + pos_emb)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(T)
         x = self.transformer.ln_f(x)
 
         if targets is None:
-            return self.lm_head(x), None
+            return self.lm_head(x[:, -1:] if last_only else x), None
         if targets.shape != idx.shape:
             raise ValueError(
                 f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
@@ -219,6 +230,23 @@ class GPT(nn.Module):
             ignore_index=IGNORE_INDEX,
         )
         return None, loss
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, ranks_path=None, **overrides):
+        """GPT-2 weights from a local Hugging Face checkpoint folder (config.json +
+        model.safetensors or pytorch_model.bin) or, online, by name ("gpt2", "gpt2-medium",
+        "gpt2-large", "gpt2-xl"). overrides: kernels, dropout, block_size (to shrink the
+        context). GPT-2's tokenizer is attached as `model.tokenizer` (from tiktoken, or the
+        ranks file at ranks_path; None with a warning when neither can be had offline)."""
+        from gpt.pretrained import from_pretrained
+
+        return from_pretrained(name_or_dir, ranks_path=ranks_path, **overrides)
+
+    def save_pretrained(self, folder):
+        """Export as a Hugging Face GPT-2 checkpoint that transformers.GPT2LMHeadModel loads."""
+        from gpt.pretrained import save_pretrained
+
+        return save_pretrained(self, folder)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. to fine-tune GPT-2's 1024 at 256): fewer position embeddings."""
@@ -255,28 +283,12 @@ class GPT(nn.Module):
             return None
         return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample `max_new_tokens` tokens after the prompt idx (B, T) and return (B, T + new).
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 greedy=False, num_beams=1, use_cache=True, eos_token_id=None, **kwargs):
+        """Continue idx (B, T) by max_new_tokens tokens: greedy, sampling (temperature, top_k,
+        top_p) or beam search (num_beams), with a KV cache by default. See gpt.generate."""
+        from gpt.generate import generate
 
-        temperature > 0 divides the logits; top_k keeps only the k most likely tokens. The
-        context is cropped to the last block_size tokens when it grows longer.
-        """
-        if idx.dim() != 2 or idx.shape[1] == 0:
-            raise ValueError(f"idx must be a non-empty (B, T) prompt, got shape {tuple(idx.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be a positive int or None, got {top_k}")
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size :]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float() / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
-        return idx
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, greedy=greedy, num_beams=num_beams, use_cache=use_cache,
+                        eos_token_id=eos_token_id, **kwargs)

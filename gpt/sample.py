@@ -1,6 +1,9 @@
 """Sample from a model trained by train.py:
 
     python -m gpt.sample --out_dir=out --start="ROMEO:" --num_samples=3 --max_new_tokens=300
+    python -m gpt.sample --out_dir=out --start="ROMEO:" --top_p=0.9 --top_k=0
+    python -m gpt.sample --out_dir=out --start="ROMEO:" --greedy=True
+    python -m gpt.sample --out_dir=out --start="ROMEO:" --num_beams=4
 
 `--start` is the prompt text, or FILE:path to read it from a file. Options take the
 --name=value form; unknown names and wrong types are errors.
@@ -23,6 +26,12 @@ DEFAULTS = dict(
     max_new_tokens=300,
     temperature=0.8,  # < 1 sharper, > 1 more random
     top_k=200,  # keep the k most likely tokens; 0 keeps all
+    top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this total probability
+    greedy=False,  # argmax decoding (ignores temperature, top_k, top_p)
+    num_beams=1,  # > 1: beam search
+    length_penalty=1.0,  # beam search: score / length ** length_penalty
+    stop_at_eot=False,  # stop a sample at the tokenizer's end-of-text token (BPE / GPT-2)
+    use_cache=True,  # KV cache (False recomputes the whole context every step)
     seed=1337,
     device="auto",
     dtype="auto",  # float32 on CPU, bfloat16 on GPUs that have it
@@ -69,16 +78,20 @@ def sample(cfg):
     if not start:
         raise ValueError("start must be a non-empty prompt")
     ids = tokenizer.encode(start)  # raises ValueError for characters outside the vocabulary
-    if len(ids) > model.config.block_size:
-        ids = ids[-model.config.block_size :]  # the model only sees its last block_size tokens
     x = torch.tensor([ids], dtype=torch.long, device=device)
+    eos = tokenizer.eot_token if cfg["stop_at_eot"] else None
+    if cfg["stop_at_eot"] and eos is None:
+        raise ValueError(f"stop_at_eot: the {tokenizer.name} tokenizer has no end-of-text token")
 
     torch.manual_seed(cfg["seed"])
     texts = []
     with torch.no_grad(), ctx:
         for _ in range(cfg["num_samples"]):
             y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"],
-                               top_k=cfg["top_k"] or None)
+                               top_k=cfg["top_k"] or None, top_p=cfg["top_p"],
+                               greedy=cfg["greedy"], num_beams=cfg["num_beams"],
+                               length_penalty=cfg["length_penalty"], eos_token_id=eos,
+                               use_cache=cfg["use_cache"])
             texts.append(tokenizer.decode(y[0].tolist()))
     return texts
 

@@ -58,3 +58,26 @@ def test_checkpoint_loads_with_weights_only(trained):
     assert not model.training and tok.vocab_size == model.config.vocab_size
     ckpt = torch.load(trained / "ckpt.pt", weights_only=True)
     assert set(ckpt) >= {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "rng"}
+
+
+@pytest.mark.parametrize("kw", [dict(greedy=True), dict(top_p=0.9, top_k=0), dict(num_beams=3),
+                                dict(temperature=1.2, top_k=5, top_p=0.8), dict(use_cache=False)])
+def test_every_strategy_from_the_cli(trained, kw):
+    (text,) = sample.sample(cfg(trained, start="KING:", max_new_tokens=12, num_samples=1, **kw))
+    assert text.startswith("KING:") and len(text) == len("KING:") + 12
+
+
+def test_greedy_cli_same_with_and_without_cache(trained):
+    a = sample.sample(cfg(trained, start="KING:", max_new_tokens=40, greedy=True, num_samples=1))
+    b = sample.sample(cfg(trained, start="KING:", max_new_tokens=40, greedy=True, num_samples=1,
+                          use_cache=False))
+    assert a == b
+
+
+def test_prompt_longer_than_block_size_and_no_eot(trained):
+    with pytest.raises(ValueError, match="block_size"):
+        sample.sample(cfg(trained, start="a" * 100))  # the tiny model's block_size is 32
+    with pytest.raises(ValueError, match="end-of-text"):
+        sample.sample(cfg(trained, stop_at_eot=True))
+    with pytest.raises(ValueError, match="top_p"):
+        sample.sample(cfg(trained, top_p=1.5))
