@@ -1,0 +1,371 @@
+"""Linear + tanh-GELU, gelu_tanh(x @ weight.T + bias): Triton forward and backward.
+
+Forward: a tiled matmul (grouped tile order for L2 reuse) whose epilogue adds the bias and
+applies the tanh GELU before the single store of y, so the pre-activation h = x @ W^T + b
+never makes a round trip through memory between the matmul and the activation. When a
+gradient will be needed the same epilogue also stores h (in x's dtype), because GELU is not
+invertible: backward needs gelu'(h), and reloading h costs one (M, N) read while recomputing
+it would cost another 2*M*N*K-flop matmul.
+
+Backward: dh = dy * gelu'(h) is formed tile by tile in the prologue of both gradient matmuls
+(dx = dh @ W and dW = dh^T @ x) from dy and the saved h, so dh is never stored either; the
+dW kernel also sums dh over the rows for dbias in the same loop. Every reduction has a fixed
+order and there are no atomics, so reruns with the same tile configuration are bit-identical.
+
+Precision: accumulation is float32. float32 operands use IEEE ``tl.dot`` unless
+``torch.set_float32_matmul_precision("high"/"medium")`` allows TF32 on a GPU, mirroring what
+``torch.nn.functional.linear`` does; float16/bfloat16 operands use the tensor cores directly.
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import register_triton
+from kernels._validate import check_linear_gelu
+
+__all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs(big):
+    """A small autotune set; the interpreter cannot benchmark, so it gets exactly one."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4},
+                              num_warps=4, num_stages=1)]
+    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+        (128, 128, 32, 8, 3),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+    ]
+    if big:
+        shapes.append((128, 256, 64, 8, 3))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                          num_warps=w, num_stages=s) for bm, bn, bk, w, s in shapes]
+
+
+@triton.jit
+def _grouped_tile(pid, n_rows, n_cols, GROUP_M: tl.constexpr):
+    """Tile (row, col) for program pid, walking GROUP_M row-tiles down a column band at a
+    time so neighbouring programs share operand tiles in L2."""
+    band = GROUP_M * n_cols
+    first_row = (pid // band) * GROUP_M
+    rows_in_band = tl.minimum(n_rows - first_row, GROUP_M)
+    row = first_row + (pid % band) % rows_in_band
+    col = (pid % band) // rows_in_band
+    return row, col
+
+
+@triton.jit
+def _gelu_parts(h):
+    """(gelu_tanh(h), s) with s = sigmoid(2u), u = sqrt(2/pi) (h + 0.044715 h^3).
+
+    0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation near u = 0. The exponent is capped at
+    80 (exp(80) ~ 5e34 fits float32), so for very negative h, s ~ 2e-35 instead of an inf
+    in the denominator; h * s and the derivative still vanish to float32 precision.
+    """
+    u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+    s = 1.0 / (1.0 + tl.exp(tl.minimum(-2.0 * u, 80.0)))
+    return h * s, s
+
+
+@triton.jit
+def _gelu_grad(h):
+    """d gelu_tanh / dh = s + 2 h s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 h^2), s as above."""
+    _, s = _gelu_parts(h)
+    du = 0.7978845608028654 * (1.0 + 0.134145 * h * h)
+    return s + 2.0 * h * s * (1.0 - s) * du
+
+
+@triton.autotune(configs=_configs(big=True), key=["M", "N", "K"])
+@triton.jit
+def _linear_gelu_fwd(
+    X, stride_xm, stride_xk,  # (M, K) input rows
+    W, stride_wn, stride_wk,  # (N, K) weight
+    B,  # (N,) bias, read only when HAS_BIAS
+    Y, stride_ym, stride_yn,  # (M, N) output gelu(h) in X's dtype
+    H,  # (M, N) pre-activation h with Y's strides, written only when STORE_H
+    M, N, K,
+    HAS_BIAS: tl.constexpr,
+    STORE_H: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
+                                 GROUP_M)
+    # int64 indices: row * stride passes 2^31 for activations over 2^31 elements
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_ptrs = X + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
+    w_ptrs = W + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BK, BN) of W^T
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + offs_k) < K
+        a = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # epilogue: bias and GELU on the float32 accumulator, then one store of y (and h)
+    if HAS_BIAS:
+        acc += tl.load(B + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y, _ = _gelu_parts(acc)
+    out_offs = offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    mask = m_ok[:, None] & n_ok[None, :]
+    tl.store(Y + out_offs, y.to(Y.dtype.element_ty), mask=mask)
+    if STORE_H:
+        tl.store(H + out_offs, acc.to(H.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_configs(big=False), key=["M", "N", "K"])
+@triton.jit
+def _linear_gelu_bwd_dx(
+    DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
+    H, stride_hm, stride_hn,  # (M, N) saved pre-activation
+    W, stride_wn, stride_wk,  # (N, K) weight
+    DX, stride_dxm, stride_dxk,  # (M, K) input gradient in W's dtype
+    M, N, K,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # dx = dh @ W, tiles (BLOCK_M, BLOCK_K) of dx, reduction over N
+    pid_m, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K),
+                                 GROUP_M)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: see the forward
+    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    k_ok = offs_k < K
+    dy_ptrs = DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn  # (BM, BN)
+    h_ptrs = H + offs_m[:, None] * stride_hm + offs_n[None, :] * stride_hn  # (BM, BN)
+    w_ptrs = W + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk  # (BN, BK)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n_ok = (n0 + offs_n) < N
+        mn_mask = m_ok[:, None] & n_ok[None, :]
+        dy = tl.load(dy_ptrs, mask=mn_mask, other=0.0).to(tl.float32)
+        h = tl.load(h_ptrs, mask=mn_mask, other=0.0).to(tl.float32)
+        # prologue: the GELU derivative, in float32, rounded to the operand dtype for the dot
+        dh = (dy * _gelu_grad(h)).to(W.dtype.element_ty)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(dh, w, acc, input_precision=DOT_PRECISION)
+        dy_ptrs += BLOCK_N * stride_dyn
+        h_ptrs += BLOCK_N * stride_hn
+        w_ptrs += BLOCK_N * stride_wn
+
+    tl.store(DX + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+             acc.to(DX.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.autotune(configs=_configs(big=False), key=["M", "N", "K"])
+@triton.jit
+def _linear_gelu_bwd_dw(
+    DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
+    H, stride_hm, stride_hn,  # (M, N) saved pre-activation
+    X, stride_xm, stride_xk,  # (M, K) forward input
+    DW, stride_dwn, stride_dwk,  # (N, K) weight gradient in X's dtype
+    DB,  # (N,) bias gradient, written only when HAS_BIAS
+    M, N, K,
+    HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # dW = dh^T @ x, tiles (BLOCK_N, BLOCK_K) of dW, reduction over the M rows
+    # at least one K-tile (K == 0 still needs dbias), as in the launcher's grid
+    pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N),
+                                 tl.maximum(tl.cdiv(K, BLOCK_K), 1), GROUP_M)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    # int64 rows: m * stride passes 2^31 for activations over 2^31 elements
+    offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
+    n_ok = offs_n < N
+    k_ok = offs_k < K
+    dyt_ptrs = DY + offs_n[:, None] * stride_dyn + offs_m[None, :] * stride_dym  # (BN, BM)
+    ht_ptrs = H + offs_n[:, None] * stride_hn + offs_m[None, :] * stride_hm  # (BN, BM)
+    x_ptrs = X + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
+
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        m_ok = (m0 + offs_m) < M
+        nm_mask = n_ok[:, None] & m_ok[None, :]
+        dy = tl.load(dyt_ptrs, mask=nm_mask, other=0.0).to(tl.float32)
+        h = tl.load(ht_ptrs, mask=nm_mask, other=0.0).to(tl.float32)
+        dht = dy * _gelu_grad(h)  # (BN, BM) float32
+        if HAS_BIAS:
+            db += tl.sum(dht, axis=1)  # dbias from the unrounded float32 dh
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(dht.to(X.dtype.element_ty), x, acc, input_precision=DOT_PRECISION)
+        dyt_ptrs += BLOCK_M * stride_dym
+        ht_ptrs += BLOCK_M * stride_hm
+        x_ptrs += BLOCK_M * stride_xm
+
+    tl.store(DW + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
+             acc.to(DW.dtype.element_ty), mask=n_ok[:, None] & k_ok[None, :])
+    if HAS_BIAS:
+        # every K-tile of a band computed the same sums; the first one writes them
+        if pid_k == 0:
+            tl.store(DB + offs_n, db.to(DB.dtype.element_ty), mask=n_ok)
+
+
+def _as_rows(t):
+    """(..., K) -> (M, K): a view when the layout allows it, else a copy (strides are read)."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
+def _grid(rows, cols, row_block, col_block):
+    return lambda meta: (triton.cdiv(rows, meta[row_block]) * triton.cdiv(cols, meta[col_block]),)
+
+
+def _dot_precision(dtype, device):
+    """IEEE float32 dots unless torch's matmul precision setting allows TF32 on a GPU.
+
+    Half operands always run on tensor cores; for them we pass Triton's default ("tf32"),
+    which only affects float32 operands.
+    """
+    if dtype != torch.float32:
+        return "tf32"
+    if device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def linear_gelu_forward(x, weight, bias, store_h):
+    """x (M, K), weight (N, K), bias (N,) or None -> (y (M, N), h (M, N) or None)."""
+    M, K = x.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    h = torch.empty((M, N), dtype=x.dtype, device=x.device) if store_h else None
+    if M == 0 or N == 0:
+        return y, h
+    if bias is not None:
+        bias = bias.contiguous()  # read with unit stride
+    _linear_gelu_fwd[_grid(M, N, "BLOCK_M", "BLOCK_N")](
+        x, x.stride(0), x.stride(1),
+        weight, weight.stride(0), weight.stride(1),
+        bias if bias is not None else weight,
+        y, y.stride(0), y.stride(1),
+        h if store_h else y,
+        M, N, K,
+        HAS_BIAS=bias is not None, STORE_H=store_h,
+        DOT_PRECISION=_dot_precision(x.dtype, x.device),
+    )
+    return y, h
+
+
+def linear_gelu_backward(dy, h, x, weight, has_bias, need_dx, need_dw):
+    """dy, h (M, N), x (M, K), weight (N, K) -> (dx or None, dweight or None, dbias or None).
+
+    dbias is computed with dweight (same kernel), so it is returned when ``need_dw`` and
+    ``has_bias``.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    precision = _dot_precision(x.dtype, x.device)
+    dx = dw = db = None
+    if need_dx:
+        dx = torch.empty((M, K), dtype=x.dtype, device=x.device)
+        if N == 0:
+            dx.zero_()  # our own buffer: no rows of W, no contribution
+        elif M > 0 and K > 0:
+            _linear_gelu_bwd_dx[_grid(M, K, "BLOCK_M", "BLOCK_K")](
+                dy, dy.stride(0), dy.stride(1),
+                h, h.stride(0), h.stride(1),
+                weight, weight.stride(0), weight.stride(1),
+                dx, dx.stride(0), dx.stride(1),
+                M, N, K,
+                DOT_PRECISION=precision,
+            )
+    if need_dw:
+        dw = torch.empty((N, K), dtype=weight.dtype, device=x.device)
+        db = torch.empty(N, dtype=weight.dtype, device=x.device) if has_bias else None
+        if M == 0:
+            dw.zero_()
+            if db is not None:
+                db.zero_()
+        elif N > 0:
+            # at least one K-tile even when K == 0: its program still writes dbias
+            grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"])
+                                 * max(1, triton.cdiv(K, meta["BLOCK_K"])),)
+            _linear_gelu_bwd_dw[grid](
+                dy, dy.stride(0), dy.stride(1),
+                h, h.stride(0), h.stride(1),
+                x, x.stride(0), x.stride(1),
+                dw, dw.stride(0), dw.stride(1),
+                db if db is not None else dw,
+                M, N, K,
+                HAS_BIAS=has_bias, DOT_PRECISION=precision,
+            )
+    return dx, dw, db
+
+
+class LinearGeluFunction(torch.autograd.Function):
+    """Autograd wrapper: saves x, weight and the pre-activation h (not y) for backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        shape = x.shape
+        x2 = _as_rows(x)
+        y, h = linear_gelu_forward(x2, weight, bias, store_h=True)
+        ctx.save_for_backward(x2, weight, h)
+        ctx.has_bias = bias is not None
+        return y.view(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, h = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad
+        dx, dw, db = linear_gelu_backward(
+            _as_rows(dy), h, x2, weight, ctx.has_bias,
+            need_dx, need_dw or need_db,
+        )
+        return (dx.view(*dy.shape[:-1], x2.shape[1]) if need_dx else None,
+                dw if need_dw else None, db if need_db else None)
+
+
+def _autocast(t, device_type):
+    if isinstance(t, torch.Tensor) and t.is_floating_point():
+        return t.to(torch.get_autocast_dtype(device_type))
+    return t
+
+
+def linear_gelu(x, weight, bias=None):
+    """gelu_tanh(x @ weight.T + bias): x (..., K), weight (N, K), bias (N,) -> (..., N).
+
+    Like ``torch.nn.functional.linear`` under autocast, x, weight and bias are first cast to
+    the autocast dtype (and the output has it); otherwise all three must share a dtype and
+    the output has it. Gradients of x, weight and bias, float32 accumulation throughout.
+    """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        device_type = x.device.type
+        x, weight, bias = (_autocast(t, device_type) for t in (x, weight, bias))
+    check_linear_gelu(x, weight, bias, for_triton=True)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, weight, bias)):
+        return LinearGeluFunction.apply(x, weight, bias)
+    # no gradient will be asked for: skip the autograd node and the store of h
+    y, _ = linear_gelu_forward(_as_rows(x), weight, bias, store_h=False)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+register_triton("linear_gelu", linear_gelu)
