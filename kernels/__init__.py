@@ -168,6 +168,10 @@ def _select(name, tensors):
 def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0):
     """Attention (B, H, Tq, D) x (B, H, Tk, D) -> (B, H, Tq, D); see reference.flash_attention."""
     fn = _select("flash_attention", (q, k, v))
+    if (fn is not reference.flash_attention and _env_backend() == "auto"
+            and isinstance(q, torch.Tensor) and q.dim() == 4 and q.shape[-1] not in SUPPORTED_HEAD_DIMS):
+        # "auto" picks what works: the kernel has head dims 16..128 only; forced Triton raises
+        fn = reference.flash_attention
     return fn(q, k, v, causal=causal, sm_scale=sm_scale, dropout_p=dropout_p)
 
 
