@@ -1,0 +1,189 @@
+"""Peak memory of the fused linear cross-entropy against F.cross_entropy(x @ W.T).
+
+One forward + backward of each, at GPT-2 lm_head sizes by default (N=8192 tokens, C=768,
+V=50304), weight without bias as in GPT-2's tied lm_head, ignore_index=-1 as the model uses:
+
+    unfused:  F.cross_entropy((x @ W.T).float(), target)          (the logits materialised)
+    fused:    kernels.fused_linear_cross_entropy(x, W, target)    (token chunks, Triton CE)
+
+How the peak is measured:
+
+- CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus what was
+  allocated before the step (inputs), so both numbers are the step's own extra memory.
+- CPU: torch has no allocator peak counter on CPU, so the step runs under
+  ``torch.profiler.profile(profile_memory=True)`` and the peak is the maximum, over time, of the
+  live bytes of the tensors torch allocated in the step (the running sum, in time order, of
+  the size of every allocation and free the profiler records). Memory the Triton interpreter
+  uses internally (numpy copies) is not a torch allocation and is not counted. The Triton
+  kernels run in the interpreter on CPU (TRITON_INTERPRET=1, set here before triton is
+  imported), about 0.03 s per token row at V=50304: the issue's N=8192 takes ~4 minutes
+  (``--n 8192``), so the default CPU size is N=512.
+
+Alongside the measurement the script prints the analytic size of the largest live buffers of
+each path at the issue's size (8192 x 768 x 50304) for the chosen dtype.
+
+Usage:  python bench/flce_memory.py [--device cpu|cuda] [--n N] [--c C] [--v V]
+                                     [--dtype float32|bfloat16|float16] [--out result.json]
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+IGNORE_INDEX = -1
+ISSUE_SIZE = (8192, 768, 50304)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def unfused(x, w, target):
+    return F.cross_entropy((x @ w.t()).float(), target, ignore_index=IGNORE_INDEX)
+
+
+def fused(x, w, target):
+    kernels = importlib.import_module("kernels")
+    return kernels.ops("triton").fused_linear_cross_entropy(x, w, target,
+                                                            ignore_index=IGNORE_INDEX)
+
+
+def _cpu_peak(step):
+    """Peak live bytes of torch's CPU allocations during step(), from the profiler's records.
+
+    With ``profile_memory=True`` the profiler keeps one record per allocation and per free
+    (size negative) with its time; in time order their running sum is the live bytes and its
+    maximum the peak. The records are read from the raw event tree (a private but long-lived
+    torch API): the summary events charge a free to the op that encloses it, out of time order.
+    No Python stacks are recorded: with the interpreter they would cost minutes.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    records, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        node = todo.pop()
+        todo.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            records.append((node.start_time_ns, node.extra_fields.alloc_size))
+    live = peak = 0
+    for _, size in sorted(records):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def measure(name, fn, x, w, target):
+    xl = x.detach().clone().requires_grad_(True)
+    wl = w.detach().clone().requires_grad_(True)
+
+    def step():
+        loss = fn(xl, wl, target)
+        loss.backward()
+        return loss
+
+    start = time.perf_counter()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss = step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        method = "torch.cuda.max_memory_allocated minus the inputs"
+    else:
+        box = {}
+        peak = _cpu_peak(lambda: box.setdefault("loss", step()))
+        loss = box["loss"]
+        method = ("torch.profiler (profile_memory=True): peak running sum of torch CPU "
+                  "allocations and frees")
+    seconds = time.perf_counter() - start
+    return {"path": name, "peak_bytes": int(peak), "loss": float(loss.detach()), "seconds": seconds,
+            "method": method}
+
+
+def analytic(N, C, V, dtype):
+    """Sizes of the largest buffers alive at once in each path (bytes)."""
+    fused_mod = sys.modules["kernels.fused_linear_cross_entropy"]
+    e = torch.empty((), dtype=dtype).element_size()
+    rows = fused_mod.chunk_rows(N, V, C)
+    unfused_bytes = {
+        "logits (N, V) in dtype": N * V * e,
+        "float32 logits (N, V) (the .float() cast; aliased when dtype is float32)":
+            N * V * 4 if dtype != torch.float32 else 0,
+        "float32 log-softmax saved for backward (N, V)": N * V * 4,
+        "float32 grad of the logits in backward (N, V)": N * V * 4,
+    }
+    fused_bytes = {
+        f"chunk buffer ({rows}, V) in dtype": rows * V * e,
+        "float32 grad_weight accumulator (V, C)": V * C * 4,
+        "per-chunk grad_weight product (V, C) (half dtypes only; float32 uses addmm_)":
+            V * C * e if dtype != torch.float32 else 0,
+        "float32 grad_x (N, C)": N * C * 4,
+        "backward: grad_weight x upstream grad, a new float32 (V, C)": V * C * 4,
+    }
+    return {"N": N, "C": C, "V": V, "dtype": str(dtype).replace("torch.", ""),
+            "chunk_rows": rows,
+            "unfused_buffers": unfused_bytes, "unfused_total": sum(unfused_bytes.values()),
+            "fused_buffers": fused_bytes, "fused_total": sum(fused_bytes.values())}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--n", type=int, default=None, help="tokens (default 8192 on CUDA, 512 on CPU)")
+    p.add_argument("--c", type=int, default=ISSUE_SIZE[1])
+    p.add_argument("--v", type=int, default=ISSUE_SIZE[2])
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="default bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        # the Triton kernels run on CPU only in the interpreter; set before triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    importlib.import_module("kernels")
+    N = args.n if args.n is not None else (ISSUE_SIZE[0] if device.type == "cuda" else 512)
+    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    C, V = args.c, args.v
+
+    torch.manual_seed(0)
+    x = torch.randn(N, C, device=device).to(dtype)
+    w = (torch.randn(V, C, device=device) * 0.02).to(dtype)
+    target = torch.randint(0, V, (N,), device=device)
+    target[torch.rand(N, device=device) < 0.1] = IGNORE_INDEX
+
+    results = [measure("unfused", unfused, x, w, target), measure("fused", fused, x, w, target)]
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "measured": {"N": N, "C": C, "V": V, "dtype": str(dtype).replace("torch.", ""),
+                     "results": results,
+                     "saving": 1 - results[1]["peak_bytes"] / max(results[0]["peak_bytes"], 1)},
+        "analytic_issue_size": analytic(*ISSUE_SIZE, dtype),
+    }
+    mib = 2 ** 20
+    print(f"measured at N={N} C={C} V={V} {dtype} on {report['device']}:")
+    for r in results:
+        print(f"  {r['path']:8s} peak {r['peak_bytes'] / mib:10.1f} MiB   loss {r['loss']:.6f}"
+              f"   {r['seconds']:.1f} s")
+    print(f"  saving {100 * report['measured']['saving']:.1f}%  ({results[0]['method']})")
+    a = report["analytic_issue_size"]
+    print(f"analytic largest live buffers at N={a['N']} C={a['C']} V={a['V']} {a['dtype']}: "
+          f"unfused {a['unfused_total'] / mib:.1f} MiB, fused {a['fused_total'] / mib:.1f} MiB "
+          f"(chunk of {a['chunk_rows']} rows)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Fused linear cross-entropy against F.cross_entropy(x @ W.T + b) in float64.
+
+The chunk matmuls are torch's and the loss/gradient is the Triton cross-entropy kernel (run in
+Triton's interpreter on CPU), so float32, float16 and bfloat16 all run here. Small shapes, with
+the chunk size forced down where the point is many ragged chunks.
+"""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from tests.helpers import TOL, assert_close
+
+flce_mod = importlib.import_module("kernels.fused_linear_cross_entropy")
+flce = flce_mod.fused_linear_cross_entropy
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+REDUCTIONS = ["mean", "sum", "none"]
+IGNORE = -1  # what the model passes
+
+
+def make_inputs(N, C, V, dtype, bias=True, p_ignore=0.3, device="cpu", x_scale=1.0,
+                w_scale=None):
+    """Activations ~ N(0, 1) (post-LayerNorm) and a weight scaled so logits have std ~ 2."""
+    w_scale = 2.0 / C ** 0.5 if w_scale is None else w_scale
+    x = (torch.randn(N, C, device=device) * x_scale).to(dtype)
+    w = (torch.randn(V, C, device=device) * w_scale).to(dtype)
+    b = (torch.randn(V, device=device) * 0.5).to(dtype) if bias else None
+    target = torch.randint(0, V, (N,), device=device)
+    target[torch.rand(N, device=device) < p_ignore] = IGNORE
+    return x, w, b, target
+
+
+def upstream(loss, reduction):
+    if reduction == "none":
+        return torch.randn_like(loss)
+    return torch.full_like(loss, 3.0)  # "loss x 3"
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+
+
+def f64_reference(x, w, b, target, reduction, grad_out, ignore_index=IGNORE):
+    """Loss and grads of F.cross_entropy(x @ w.T + b) on float64 copies (independent of kernels)."""
+    xd, wd, bd = leaves(*(t.double() if t is not None else None for t in (x, w, b)))
+    logits = xd @ wd.t()
+    if bd is not None:
+        logits = logits + bd
+    loss = F.cross_entropy(logits, target.long(), ignore_index=ignore_index, reduction=reduction)
+    if reduction == "mean" and not (target != ignore_index).any():
+        loss = logits.sum() * 0.0  # torch: NaN for an all-ignored mean; ours (by design): 0
+    loss.backward(grad_out.double())
+    return loss.detach(), [t.grad if t is not None else None for t in (xd, wd, bd)]
+
+
+def run_flce(x, w, b, target, reduction, grad_out=None, ignore_index=IGNORE):
+    xl, wl, bl = leaves(x, w, b)
+    loss = flce(xl, wl, target, bl, ignore_index=ignore_index, reduction=reduction)
+    g = upstream(loss, reduction) if grad_out is None else grad_out
+    loss.backward(g)
+    return loss, [t.grad if t is not None else None for t in (xl, wl, bl)], g
+
+
+def check_against_reference(x, w, b, target, reduction, tol=None):
+    tol = TOL[x.dtype] if tol is None else tol
+    loss, grads, g = run_flce(x, w, b, target, reduction)
+    ref_loss, ref_grads = f64_reference(x, w, b, target, reduction, g)
+    assert loss.dtype == torch.float32
+    # the logits are a matmul in x's dtype here, so the loss carries that dtype's rounding
+    assert_close(loss, ref_loss, tol, "loss", atol=1e-7)
+    for name, t, got, ref in zip(("x", "weight", "bias"), (x, w, b), grads, ref_grads):
+        if t is None:
+            continue
+        assert got.dtype == t.dtype and got.shape == t.shape, name
+        assert_close(got, ref, tol, f"grad {name}", atol=1e-7)
+
+
+# --------------------------------------------------------------------------- correctness
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_backward_vs_f64(dtype, reduction, monkeypatch):
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C: 16)  # 5 chunks, ragged last
+    check_against_reference(*make_inputs(71, 100, 1000, dtype), reduction)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N, C, V", [(1, 96, 1000), (7, 100, 1871), (423, 96, 1000),
+                                     (3, 64, 50257)])
+def test_odd_shapes_default_chunking(N, C, V, bias):
+    check_against_reference(*make_inputs(N, C, V, torch.float32, bias=bias), "mean")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_chunk_sizes_agree(rows, monkeypatch):
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C: rows)
+    check_against_reference(*make_inputs(37, 32, 300, torch.float32), "sum")
+
+
+def test_chunk_rows_rule():
+    # GPT-2 training: 128-row chunks of 50304 logits instead of 8192 rows at once
+    assert flce_mod.chunk_rows(8192, 50304, 768) == 128
+    assert flce_mod.chunk_rows(5, 50304, 768) == 5
+    assert flce_mod.chunk_rows(100000, 1000, 768) == 1024
+    for N, V, C in [(1, 7, 3), (423, 1000, 96), (8192, 50257, 1600)]:
+        assert 1 <= flce_mod.chunk_rows(N, V, C) <= N
+
+
+def test_large_logits_stay_finite():
+    # logits ~ 1e4 in float32: the loss and every gradient stay finite and close
+    x, w, b, target = make_inputs(19, 32, 1000, torch.float32, x_scale=30.0, w_scale=30.0)
+    loss, grads, g = run_flce(x, w, b, target, "mean")
+    assert torch.isfinite(loss).all() and all(torch.isfinite(t).all() for t in grads)
+    ref_loss, _ = f64_reference(x, w, b, target, "mean", g)
+    assert_close(loss, ref_loss, 1e-5, "loss")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_all_targets_ignored_gives_zero_not_nan(reduction):
+    x, w, b, _ = make_inputs(9, 32, 300, torch.float32)
+    target = torch.full((9,), IGNORE)
+    loss, grads, _ = run_flce(x, w, b, target, reduction)
+    assert torch.equal(loss, torch.zeros_like(loss))
+    for t in grads:
+        assert torch.equal(t, torch.zeros_like(t))
+
+
+def test_default_ignore_index():
+    x, w, b, target = make_inputs(23, 32, 300, torch.float32)
+    target[target == IGNORE] = -100
+    xl, wl, bl = leaves(x, w, b)
+    loss = flce(xl, wl, target, bl)
+    loss.backward()
+    ref_loss, ref_grads = f64_reference(x, w, b, target, "mean", torch.tensor(1.0), -100)
+    assert_close(loss, ref_loss, 1e-5, "loss")
+    assert_close(xl.grad, ref_grads[0], 1e-5, "grad x")
+
+
+@pytest.mark.parametrize("layout", ["x_transposed", "weight_slice", "strided_target"])
+def test_non_contiguous_inputs(layout):
+    x, w, b, target = make_inputs(29, 48, 500, torch.float32)
+    if layout == "x_transposed":
+        x = x.t().contiguous().t()
+    elif layout == "weight_slice":
+        w = torch.cat([w, torch.randn(500, 5)], dim=1)[:, :48]
+    else:
+        target = torch.stack([target, target], dim=1)[:, 0]
+    assert not (x.is_contiguous() and w.is_contiguous() and target.is_contiguous())
+    check_against_reference(x, w, b, target, "mean")
+
+
+def test_autocast_casts_like_linear_and_returns_float32_grads():
+    # x and weight float32 under bf16 autocast: the matmuls run in bf16 (as F.linear would),
+    # the grads come back float32 (the parameters' dtype), from float32 accumulators
+    x, w, b, target = make_inputs(45, 64, 700, torch.float32)
+    xl, wl, bl = leaves(x, w, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = flce(xl, wl, target, bl, ignore_index=IGNORE)
+    loss.backward(torch.tensor(3.0))
+    bf = [t.to(torch.bfloat16) for t in (x, w, b)]
+    ref_loss, ref_grads = f64_reference(*bf, target, "mean", torch.tensor(3.0))
+    assert loss.dtype == torch.float32
+    assert_close(loss, ref_loss, TOL[torch.bfloat16], "loss")
+    for name, got, ref in zip(("x", "weight", "bias"), (xl.grad, wl.grad, bl.grad), ref_grads):
+        assert got.dtype == torch.float32, name
+        assert_close(got, ref, TOL[torch.bfloat16], f"grad {name}")
+
+
+# --------------------------------------------------------------------------- autograd contract
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_callers_tensors_unchanged(reduction):
+    x, w, b, target = make_inputs(33, 32, 300, torch.float16)
+    xl, wl, bl = leaves(x, w, b)
+    before = [t.detach().clone() for t in (xl, wl, bl, target)]
+    loss = flce(xl, wl, target, bl, ignore_index=IGNORE, reduction=reduction)
+    loss.backward(upstream(loss, reduction))
+    for t, ref in zip((xl, wl, bl, target), before):
+        assert torch.equal(t.detach(), ref)
+
+
+def test_no_grad_and_inputs_without_grad():
+    x, w, b, target = make_inputs(40, 32, 300, torch.float32)
+    ref_loss, _ = f64_reference(x, w, b, target, "mean", torch.tensor(1.0))
+    with torch.no_grad():
+        out = flce(*leaves(x, w), target, leaves(b)[0], ignore_index=IGNORE)
+    assert not out.requires_grad
+    assert_close(out, ref_loss, 1e-5, "loss (no_grad)")
+    out = flce(x, w, target, b, ignore_index=IGNORE)
+    assert not out.requires_grad
+    assert_close(out, ref_loss, 1e-5, "loss (no requires_grad)")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_only_some_inputs_require_grad(reduction):
+    # a frozen lm_head: only x gets a gradient
+    x, w, b, target = make_inputs(30, 32, 300, torch.float32)
+    xl = x.clone().requires_grad_(True)
+    loss = flce(xl, w, target, b, ignore_index=IGNORE, reduction=reduction)
+    g = upstream(loss, reduction)
+    loss.backward(g)
+    _, ref_grads = f64_reference(x, w, b, target, reduction, g)
+    assert w.grad is None and b.grad is None
+    assert_close(xl.grad, ref_grads[0], 1e-5, "grad x")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_twice_with_retain_graph(reduction):
+    x, w, b, target = make_inputs(20, 32, 300, torch.float32)
+    xl, wl, bl = leaves(x, w, b)
+    loss = flce(xl, wl, target, bl, ignore_index=IGNORE, reduction=reduction)
+    g = torch.ones_like(loss)
+    first = torch.autograd.grad(loss, (xl, wl, bl), g, retain_graph=True)
+    second = torch.autograd.grad(loss, (xl, wl, bl), g)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_rerun_is_bit_identical(reduction, monkeypatch):
+    # fixed chunk order, per-row kernel programs, no atomics: reruns agree bit for bit
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C: 8)
+    x, w, b, target = make_inputs(50, 32, 300, torch.float32)
+    g = torch.randn(50) if reduction == "none" else torch.tensor(3.0)
+    (l1, g1, _), (l2, g2, _) = (run_flce(x, w, b, target, reduction, g) for _ in range(2))
+    assert torch.equal(l1, l2)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
+
+
+def test_registered_and_dispatched():
+    assert kernels.triton_available("fused_linear_cross_entropy")
+    x, w, b, target = make_inputs(6, 16, 100, torch.float32, p_ignore=0.0)
+    expected = flce(x, w, target, b)
+    assert torch.equal(kernels.ops("triton").fused_linear_cross_entropy(x, w, target, b),
+                       expected)
+    if kernels.backend_for(x) == "triton":
+        assert torch.equal(kernels.fused_linear_cross_entropy(x, w, target, b), expected)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _bad(**change):
+    args = dict(x=torch.randn(4, 8), weight=torch.randn(10, 8),
+                target=torch.zeros(4, dtype=torch.long), bias=None)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("args, exc, name", [
+    (_bad(x=torch.randint(0, 3, (4, 8))), TypeError, "x"),
+    (_bad(x=torch.randn(4, 8, dtype=torch.float64),
+          weight=torch.randn(10, 8, dtype=torch.float64)), TypeError, "x"),
+    (_bad(x=torch.randn(32)), ValueError, "x"),
+    (_bad(weight=torch.randn(10, 9)), ValueError, "weight"),
+    (_bad(weight=torch.randn(10, 8, dtype=torch.float16)), TypeError, "weight"),
+    (_bad(bias=torch.randn(11)), ValueError, "bias"),
+    (_bad(target=torch.zeros(5, dtype=torch.long)), ValueError, "target"),
+    (_bad(target=torch.tensor([0, 1, 10, 2])), ValueError, "target"),
+    (_bad(target=torch.zeros(4)), TypeError, "target"),
+])
+def test_bad_input_raises(args, exc, name):
+    with pytest.raises(exc, match=f"^{name} "):
+        flce(args["x"], args["weight"], args["target"], args["bias"])
+
+
+def test_bad_reduction_raises():
+    with pytest.raises(ValueError, match="reduction"):
+        flce(**_bad(), reduction="avg")
+
+
+# --------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_gpt2_sizes_vs_f64(dtype, reduction):
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 path: IEEE matmuls
+    check_against_reference(*make_inputs(4096, 768, 50257, dtype, device="cuda"), reduction)
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_bf16():
+    x, w, b, target = make_inputs(2048, 768, 50304, torch.float32, device="cuda")
+    xl, wl, bl = leaves(x, w, b)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = flce(xl, wl, target, bl, ignore_index=IGNORE)
+    loss.backward()
+    ref_loss, ref_grads = f64_reference(*(t.to(torch.bfloat16) for t in (x, w, b)), target,
+                                        "mean", torch.tensor(1.0, device="cuda"))
+    assert_close(loss, ref_loss, TOL[torch.bfloat16], "loss")
+    for name, got, ref in zip(("x", "weight", "bias"), (xl.grad, wl.grad, bl.grad), ref_grads):
+        assert got.dtype == torch.float32
+        assert_close(got, ref, TOL[torch.bfloat16], f"grad {name}")
+
+
+@pytest.mark.gpu
+def test_gpu_peak_memory_below_unfused():
+    # GPT-2 training sizes in bf16: the fused path must not hold (N, V) logits
+    N, C, V = 8192, 768, 50304
+    x, w, _, target = make_inputs(N, C, V, torch.bfloat16, bias=False, device="cuda")
+
+    def peak(fn):
+        xl, wl = leaves(x, w)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(xl, wl).backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    unfused = peak(lambda a, c: F.cross_entropy((a @ c.t()).float(), target, ignore_index=IGNORE))
+    fused = peak(lambda a, c: flce(a, c, target, ignore_index=IGNORE))
+    logits_bytes = N * V * 2  # 824 MB of bf16 logits that the fused path never holds
+    assert fused < logits_bytes < unfused and 4 * fused < unfused, (fused, unfused)
+
+
+@pytest.mark.gpu
+def test_gpu_rerun_is_bit_identical():
+    x, w, b, target = make_inputs(4096, 768, 50304, torch.bfloat16, device="cuda")
+    g = torch.tensor(3.0, device="cuda")
+    (l1, g1, _), (l2, g2, _) = (run_flce(x, w, b, target, "mean", g) for _ in range(2))
+    assert torch.equal(l1, l2)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
