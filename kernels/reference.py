@@ -42,12 +42,25 @@ def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0):
     defaults to 1/sqrt(D). With ``causal`` the mask is bottom-right aligned: query i sits at
     absolute position Tk - Tq + i and sees keys j <= Tk - Tq + i (the queries are the last Tq
     positions, as in a KV-cache step); Tq > Tk is rejected. ``dropout_p`` drops attention
-    probabilities with torch's RNG and rescales the survivors by 1/(1 - p).
+    probabilities with torch's RNG and rescales the survivors by 1/(1 - p). CPU tensors take
+    the explicit formula in float32 (float64 stays float64); CUDA tensors take
+    F.scaled_dot_product_attention in their own dtype.
     """
     check_attention(q, k, v, causal, sm_scale, dropout_p)
     Tq, D = q.shape[2], q.shape[3]
     Tk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    if q.is_cuda:
+        # On GPUs the reference is also the model's "torch" path (nanoGPT's eager model), so
+        # it takes PyTorch's fused SDPA in the input dtype; is_causal is top-left aligned,
+        # hence the explicit bottom-right mask when Tq < Tk.
+        mask = None
+        if causal and Tq != Tk:
+            q_pos = torch.arange(Tq, device=q.device).unsqueeze(1) + (Tk - Tq)
+            mask = torch.arange(Tk, device=q.device).unsqueeze(0) <= q_pos  # True = keep
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and Tq == Tk, scale=scale
+        )
     dt = _compute_dtype(q.dtype)
     scores = torch.matmul(q.to(dt), k.to(dt).transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if causal:
