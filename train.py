@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,59 +28,74 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import kernels
 from gpt import data as gdata
-from gpt.cli import parse_overrides
+from gpt.cli import Opt, UsageError, check, defaults, parse, run_main
 from gpt.model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-# Defaults: a small character-level model that trains on a laptop CPU in a few minutes
-# (nanoGPT's "small CPU" Shakespeare recipe).
-DEFAULTS = dict(
-    # I/O
-    out_dir="out",
-    eval_interval=250,
-    log_interval=10,
-    eval_iters=20,
-    eval_only=False,  # evaluate once and exit
-    always_save_checkpoint=False,  # False: save only when the val loss improves
-    init_from="scratch",  # "scratch" or "resume" (from out_dir/ckpt.pt)
-    # data
-    dataset="shakespeare_char",  # a named dataset, or a path to a text file / folder of .txt
-    tokenizer="",  # "char" | "bpe" | "gpt2"; empty: the dataset's default (char)
-    bpe_vocab_size=1024,  # vocabulary size when tokenizer=bpe
-    gpt2_ranks="",  # optional path to GPT-2's ranks file (r50k_base.tiktoken), for offline use
-    data_dir="data",  # prepared token files go to data_dir/<dataset>-<tokenizer>/
-    gradient_accumulation_steps=1,  # micro-steps per optimizer step (summed over DDP ranks)
-    batch_size=12,  # micro-batch size per process
-    block_size=64,
-    # model
-    n_layer=4,
-    n_head=4,
-    n_embd=128,
-    dropout=0.0,
-    bias=False,  # nanoGPT's default: no biases in Linears/LayerNorms (GPT-2 has them)
-    kernels="auto",  # "auto" | "triton" | "torch"
-    # AdamW
-    learning_rate=1e-3,
-    max_iters=2000,
-    weight_decay=1e-1,
-    beta1=0.9,
-    beta2=0.99,
-    grad_clip=1.0,  # clip gradients at this global norm; 0 disables
-    # learning-rate schedule: linear warmup, then cosine decay to min_lr
-    decay_lr=True,
-    warmup_iters=100,
-    lr_decay_iters=2000,
-    min_lr=1e-4,
-    # system
-    device="auto",  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    dtype="auto",  # "float32" | "bfloat16" | "float16"; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU
-    compile=False,  # torch.compile the model
-    seed=1337,
-    progress=True,  # tqdm progress bar
-    # samples printed at the end
-    num_samples=2,
-    sample_tokens=300,
-)
+# Options and their defaults: a small character-level model that trains on a laptop CPU in a
+# few minutes (nanoGPT's "small CPU" Shakespeare recipe). `python train.py --help` lists them.
+OPTIONS = {
+    "data": dict(
+        dataset=Opt("shakespeare_char", "a named dataset (shakespeare_char, shakespeare, "
+                    "tinyshakespeare) or a path to a text file / folder of .txt files"),
+        tokenizer=Opt("", "char | bpe | gpt2; empty: the dataset's default (char)",
+                      choices=("", "char", "bpe", "gpt2")),
+        bpe_vocab_size=Opt(1024, "vocabulary size when --tokenizer=bpe", ge=257),
+        gpt2_ranks=Opt("", "path to GPT-2's ranks file (r50k_base.tiktoken) for "
+                       "--tokenizer=gpt2 offline; empty: tiktoken's own (downloads once)"),
+        data_dir=Opt("data", "prepared token files go to data_dir/<dataset>-<tokenizer>/"),
+        batch_size=Opt(12, "sequences per micro-batch, per process", ge=1),
+        block_size=Opt(64, "context length in tokens", ge=1),
+        gradient_accumulation_steps=Opt(1, "micro-batches per optimizer step (summed over "
+                                        "torchrun processes)", ge=1),
+    ),
+    "model": dict(
+        n_layer=Opt(4, "transformer blocks", ge=1),
+        n_head=Opt(4, "attention heads (must divide n_embd)", ge=1),
+        n_embd=Opt(128, "width of the residual stream", ge=1),
+        dropout=Opt(0.0, "dropout probability (embeddings, attention, residuals)", ge=0, lt=1),
+        bias=Opt(False, "biases in Linears and LayerNorms (GPT-2 has them; nanoGPT's "
+                 "default is no)"),
+        kernels=Opt("auto", "auto: Triton on CUDA, PyTorch on CPU; or force one",
+                    choices=("auto", "triton", "torch")),
+    ),
+    "optimizer": dict(
+        learning_rate=Opt(1e-3, "peak AdamW learning rate", gt=0),
+        max_iters=Opt(2000, "optimizer steps in all", ge=0),
+        weight_decay=Opt(1e-1, "AdamW weight decay (2-D weights only)", ge=0),
+        beta1=Opt(0.9, "AdamW beta1", ge=0, lt=1),
+        beta2=Opt(0.99, "AdamW beta2", ge=0, lt=1),
+        grad_clip=Opt(1.0, "clip gradients at this global norm; 0 disables", ge=0),
+    ),
+    "schedule": dict(
+        decay_lr=Opt(True, "linear warmup then cosine decay; False: constant learning_rate"),
+        warmup_iters=Opt(100, "steps of linear warmup", ge=0),
+        lr_decay_iters=Opt(2000, "step at which the cosine reaches min_lr", ge=0),
+        min_lr=Opt(1e-4, "learning rate at the end of the decay", ge=0),
+    ),
+    "I/O": dict(
+        out_dir=Opt("out", "folder for ckpt.pt, tokenizer.json, metrics.jsonl, loss.png"),
+        eval_interval=Opt(250, "evaluate (and maybe checkpoint) every this many steps", ge=1),
+        log_interval=Opt(10, "print a log line every this many steps", ge=1),
+        eval_iters=Opt(20, "batches per split in each evaluation", ge=1),
+        eval_only=Opt(False, "evaluate once and exit"),
+        always_save_checkpoint=Opt(False, "save at every evaluation, not only when val "
+                                   "loss improves"),
+        init_from=Opt("scratch", "scratch, or resume from out_dir/ckpt.pt",
+                      choices=("scratch", "resume")),
+        num_samples=Opt(2, "samples printed at the end", ge=0),
+        sample_tokens=Opt(300, "tokens per sample", ge=0),
+    ),
+    "system": dict(
+        device=Opt("auto", "auto (cuda if available), cpu, cuda, cuda:N"),
+        dtype=Opt("auto", "auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
+                  choices=("auto", "float32", "bfloat16", "float16")),
+        compile=Opt(False, "torch.compile the model"),
+        seed=Opt(1337, "random seed (each torchrun process adds its rank)"),
+        progress=Opt(True, "progress bar (only when the output is a terminal)"),
+    ),
+}
+DEFAULTS = defaults(OPTIONS)
 
 # Peak dense bf16 tensor-core FLOP/s from the vendors' datasheets, for the MFU estimate.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -106,36 +122,33 @@ def get_lr(it, cfg):
     return cfg["min_lr"] + coeff * (cfg["learning_rate"] - cfg["min_lr"])
 
 
-def validate_config(cfg):
-    positive = ["batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
-                "log_interval", "eval_iters", "n_layer", "n_head", "n_embd", "bpe_vocab_size"]
-    for name in positive:
-        if cfg[name] <= 0:
-            raise ValueError(f"{name} must be > 0, got {cfg[name]}")
-    for name in ["max_iters", "warmup_iters", "lr_decay_iters", "num_samples", "sample_tokens"]:
-        if cfg[name] < 0:
-            raise ValueError(f"{name} must be >= 0, got {cfg[name]}")
-    if cfg["learning_rate"] <= 0 or cfg["min_lr"] < 0:
-        raise ValueError("learning_rate must be > 0 and min_lr >= 0")
-    if cfg["init_from"] not in ("scratch", "resume"):
-        raise ValueError(f"init_from must be 'scratch' or 'resume', got {cfg['init_from']!r}")
-    if cfg["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be auto/float32/bfloat16/float16, got {cfg['dtype']!r}")
-    if cfg["tokenizer"] not in ("", "char", "bpe", "gpt2"):
-        raise ValueError(f"tokenizer must be char, bpe or gpt2, got {cfg['tokenizer']!r}")
-    if cfg["kernels"] not in kernels.BACKENDS:
-        raise ValueError(f"kernels must be one of {kernels.BACKENDS}, got {cfg['kernels']!r}")
+def dataset_source(cfg):
+    """(name for the data folder, source for gpt.data, default tokenizer) of --dataset."""
+    name = cfg["dataset"]
+    if name in DATASETS:
+        return (name, *DATASETS[name])
+    path = Path(name)
+    if path.exists():
+        return path.stem, str(path.resolve()), "char"
+    raise UsageError(f"--dataset={name!r} is neither a named dataset ({', '.join(DATASETS)}) "
+                     f"nor an existing text file or folder")
 
 
 def resolve_device_and_dtype(cfg, local_rank=None):
+    """(device, device_type, dtype name) for --device and --dtype on this machine."""
     device = cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+    if device_type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device={cfg['device']} but CUDA is not available (use --device=cpu)")
     if device == "cuda" and local_rank is not None:
         device = f"cuda:{local_rank}"
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg['device']!r} but CUDA is not available")
     dtype = cfg["dtype"]
     if dtype == "auto":
         if device_type == "cuda":
@@ -143,22 +156,32 @@ def resolve_device_and_dtype(cfg, local_rank=None):
         else:
             dtype = "float32"
     if dtype == "float16" and device_type != "cuda":
-        raise ValueError("dtype=float16 needs a CUDA device (use bfloat16 or float32 on CPU)")
+        raise UsageError("--dtype=float16 needs a CUDA device (use bfloat16 or float32 on CPU)")
     return device, device_type, dtype
+
+
+def check_config(cfg):
+    """Every mistake a run can know about before it starts, raised as a UsageError before
+    anything is written: option types, choices and bounds, combinations, missing inputs."""
+    check(cfg, OPTIONS)  # what parse() checks, also for a dict built in Python
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise UsageError(f"--n_embd={cfg['n_embd']} must be divisible by --n_head={cfg['n_head']} "
+                         f"(each head gets n_embd / n_head dimensions)")
+    dataset_source(cfg)
+    _, device_type, _ = resolve_device_and_dtype(cfg)
+    if (cfg["kernels"] == "triton" and device_type == "cpu"
+            and os.environ.get("TRITON_INTERPRET") != "1"):
+        raise UsageError("--kernels=triton needs a CUDA device; on a CPU use --kernels=auto/torch, "
+                         "or TRITON_INTERPRET=1 to run the Triton kernels in Triton's interpreter")
+    ckpt = Path(cfg["out_dir"]) / "ckpt.pt"
+    if cfg["init_from"] == "resume" and not ckpt.exists():
+        raise UsageError(f"--init_from=resume but {ckpt} does not exist "
+                         f"(train once with --out_dir={cfg['out_dir']} first)")
 
 
 def prepare_data(cfg):
     """Tokenize the dataset into data_dir/<name>-<tokenizer>/ once; return that folder."""
-    name = cfg["dataset"]
-    if name in DATASETS:
-        source, default_tok = DATASETS[name]
-    elif Path(name).exists():
-        source, default_tok = str(Path(name).resolve()), "char"
-        name = Path(name).stem
-    else:
-        raise ValueError(
-            f"dataset must be one of {sorted(DATASETS)} or an existing text file / folder, got {name!r}"
-        )
+    name, source, default_tok = dataset_source(cfg)
     tok = cfg["tokenizer"] or default_tok
     suffix = f"-{cfg['bpe_vocab_size']}" if tok == "bpe" else ""
     data_dir = Path(cfg["data_dir"]) / f"{name}-{tok}{suffix}"
@@ -273,122 +296,177 @@ def print_samples(model, tokenizer, cfg, device, autocast_ctx):
     return samples
 
 
+@dataclass
+class Run:
+    """Where this process runs: torchrun rank and world, device and dtype."""
+
+    distributed: bool
+    rank: int
+    world_size: int
+    device: str
+    device_type: str
+    dtype: str
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup_run(cfg):
+    """Join the torchrun process group when launched by torchrun; resolve device and dtype."""
+    distributed = int(os.environ.get("RANK", -1)) != -1
+    if not distributed:
+        return Run(False, 0, 1, *resolve_device_and_dtype(cfg))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    if cfg["gradient_accumulation_steps"] % world_size:
+        raise UsageError(
+            f"--gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be "
+            f"divisible by the number of processes ({world_size})")
+    device, device_type, dtype = resolve_device_and_dtype(cfg, local_rank)
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return Run(True, rank, world_size, device, device_type, dtype)
+
+
+def load_data(cfg, run):
+    """(data_dir, tokenizer, {"train": ..., "val": ...}); rank 0 tokenizes, the others wait."""
+    if run.master:
+        data_dir = prepare_data(cfg)
+    if run.distributed:
+        dist.barrier()
+    if not run.master:
+        data_dir = prepare_data(cfg)  # finds the prepared files and returns at once
+    tokenizer = gdata.load_data_tokenizer(data_dir)
+    datasets = {s: gdata.TokenDataset(data_dir, s) for s in ("train", "val")}
+    for split, ds in datasets.items():
+        if len(ds) <= cfg["block_size"]:
+            raise UsageError(f"--block_size={cfg['block_size']} is too long for {data_dir}: "
+                             f"its {split} split holds {len(ds)} tokens")
+    return data_dir, tokenizer, datasets
+
+
+def build_model(cfg, run, vocab_size, checkpoint=None):
+    """(model, model_args) on run.device: from scratch, or with a checkpoint's architecture
+    and weights (kernels and dropout may change on resume)."""
+    model_args = dict(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                      block_size=cfg["block_size"], bias=cfg["bias"], dropout=cfg["dropout"],
+                      vocab_size=vocab_size, kernels=cfg["kernels"])
+    if checkpoint is not None:
+        for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
+            model_args[k] = checkpoint["model_args"][k]
+    model = GPT(GPTConfig(**model_args))
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    return model.to(run.device), model_args
+
+
+# Checkpoint I/O: everything a run needs to continue exactly, in one file.
+
+def checkpoint_state(model, optimizer, scaler, model_args, cfg, iter_num, best_val_loss, run):
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "model_args": model_args,
+        "config": cfg,
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if run.device_type == "cuda" else None,
+            "python": random.getstate(),
+        },
+    }
+
+
+def restore_state(checkpoint, optimizer, scaler, run):
+    """Optimizer, loss scaler and RNG state from a checkpoint: the run continues exactly."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+    if run.device_type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint["rng"]["cuda"]])
+    random.setstate(checkpoint["rng"]["python"])
+
+
 def train(cfg):
-    """Train with the config dict `cfg` (DEFAULTS updated); returns a summary dict."""
-    validate_config(cfg)
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if ddp:
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        world_size = int(os.environ["WORLD_SIZE"])
-        device, device_type, dtype = resolve_device_and_dtype(cfg, local_rank)
-        if device_type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        if cfg["gradient_accumulation_steps"] % world_size:
-            raise ValueError(
-                f"gradient_accumulation_steps ({cfg['gradient_accumulation_steps']}) must be "
-                f"divisible by the number of processes ({world_size})"
-            )
-        accum = cfg["gradient_accumulation_steps"] // world_size
-    else:
-        rank, world_size = 0, 1
-        device, device_type, dtype = resolve_device_and_dtype(cfg)
-        accum = cfg["gradient_accumulation_steps"]
-    master = rank == 0
+    """Train with the config dict `cfg` (DEFAULTS updated); returns a summary dict.
+
+    A user mistake raises UsageError before anything is written.
+    """
+    check_config(cfg)
+    run = setup_run(cfg)
     try:
-        return _train(cfg, ddp, rank, world_size, master, device, device_type, dtype, accum)
+        return _train(cfg, run)
     finally:
-        if ddp:
+        if run.distributed:
             dist.destroy_process_group()
 
 
-def _train(cfg, ddp, rank, world_size, master, device, device_type, dtype, accum):
+def _train(cfg, run):
     out_dir = Path(cfg["out_dir"])
     ckpt_path = out_dir / "ckpt.pt"
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg["seed"] + rank)  # different batches on each rank
-    random.seed(cfg["seed"] + rank)
-    if device_type == "cuda":
+    torch.manual_seed(cfg["seed"] + run.rank)  # different batches on each rank
+    random.seed(cfg["seed"] + run.rank)
+    if run.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls on Ampere+
         torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast_ctx = (nullcontext() if dtype == "float32"
-                    else torch.autocast(device_type=device_type, dtype=ptdtype))
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[run.dtype]
+    autocast_ctx = (nullcontext() if run.dtype == "float32"
+                    else torch.autocast(device_type=run.device_type, dtype=ptdtype))
+    accum = cfg["gradient_accumulation_steps"] // run.world_size
 
-    # data: rank 0 tokenizes (once), the others wait for it
-    if master:
-        data_dir = prepare_data(cfg)
-    if ddp:
-        dist.barrier()
-    if not master:
-        data_dir = prepare_data(cfg)  # finds the prepared files and returns at once
-    tokenizer = gdata.load_data_tokenizer(data_dir)
-    if master:
-        tokenizer.save(out_dir / "tokenizer.json")  # so gpt.sample needs only out_dir
-    datasets = {s: gdata.TokenDataset(data_dir, s) for s in ("train", "val")}
-
-    # model
-    model_args = dict(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-                      block_size=cfg["block_size"], bias=cfg["bias"], dropout=cfg["dropout"],
-                      vocab_size=tokenizer.vocab_size, kernels=cfg["kernels"])
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    data_dir, tokenizer, datasets = load_data(cfg, run)
+    checkpoint = None
     if cfg["init_from"] == "resume":
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"init_from=resume but {ckpt_path} does not exist")
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-        # the architecture comes from the checkpoint; kernels and dropout may change
-        for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
-            model_args[k] = checkpoint["model_args"][k]
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    raw_model = GPT(GPTConfig(**model_args))
-    if checkpoint is not None:
-        raw_model.load_state_dict(checkpoint["model"])
-    raw_model.to(device)
-
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+        checkpoint = torch.load(ckpt_path, map_location=run.device, weights_only=True)
+    raw_model, model_args = build_model(cfg, run, tokenizer.vocab_size, checkpoint)
+    scaler = torch.amp.GradScaler(run.device_type, enabled=(run.dtype == "float16"))
     optimizer = raw_model.configure_optimizers(
-        cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type
+        cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), run.device_type
     )
+    iter_num, best_val_loss, resumed_at = 0, float("inf"), None
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-        if device_type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint["rng"]["cuda"]])
-        random.setstate(checkpoint["rng"]["python"])
-    resumed_at = iter_num if checkpoint is not None else None
+        restore_state(checkpoint, optimizer, scaler, run)
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        resumed_at = iter_num
     checkpoint = None  # free the memory
 
     model = torch.compile(raw_model) if cfg["compile"] else raw_model
-    if ddp:
-        model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
+    if run.distributed:
+        model = DDP(model, device_ids=[run.device] if run.device_type == "cuda" else None)
 
-    tokens_per_iter = accum * world_size * cfg["batch_size"] * cfg["block_size"]
-    peak = peak_flops(device_type, dtype)
-    if master:
+    tokens_per_iter = accum * run.world_size * cfg["batch_size"] * cfg["block_size"]
+    peak = peak_flops(run.device_type, run.dtype)
+    metrics_path = out_dir / "metrics.jsonl"
+    metrics = None
+    if run.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out_dir / "tokenizer.json")  # so gpt.sample needs only out_dir
+        metrics = open(metrics_path, "a" if resumed_at is not None else "w")
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, kernels={cfg['kernels']}, "
-              f"device={device}, dtype={dtype}, processes={world_size}")
+              f"device={run.device}, dtype={run.dtype}, processes={run.world_size}")
         print(f"data: {data_dir} (train {len(datasets['train']):,} tokens, "
               f"val {len(datasets['val']):,}), tokens per iteration {tokens_per_iter:,}")
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics = open(metrics_path, "a" if resumed_at is not None else "w") if master else None
-
-    def log(record, text):
-        if master:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            write(text)
 
     bar = None
-    if master and cfg["progress"] and not cfg["eval_only"]:
+    # a bar only on a terminal: redirected to a file, its \r updates would be one huge line
+    if run.master and cfg["progress"] and not cfg["eval_only"] and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg["max_iters"], initial=iter_num, unit="it", dynamic_ncols=True)
     write = bar.write if bar is not None else print
 
+    def log(record, text):
+        if run.master:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            write(text)
+
     def train_batch():
-        return datasets["train"].get_batch(cfg["batch_size"], cfg["block_size"], device)
+        return datasets["train"].get_batch(cfg["batch_size"], cfg["block_size"], run.device)
 
     t0 = time.time()
     running_mfu, last_losses, local_iter = None, {}, 0
@@ -400,31 +478,21 @@ def _train(cfg, ddp, rank, world_size, master, device, device_type, dtype, accum
         # evaluate and checkpoint (not again at the iteration a resume starts from: it was
         # done before the checkpoint was written, and redoing it would shift the RNG stream)
         redo = iter_num == resumed_at and not cfg["eval_only"]
-        if (iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"]) and master and not redo:
-            last_losses = estimate_loss(raw_model, datasets, cfg, device, autocast_ctx)
+        if (iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"]) and run.master and not redo:
+            last_losses = estimate_loss(raw_model, datasets, cfg, run.device, autocast_ctx)
             log({"iter": iter_num, "train_loss": last_losses["train"], "val_loss": last_losses["val"]},
                 f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}")
             if last_losses["val"] < best_val_loss or cfg["always_save_checkpoint"]:
                 best_val_loss = min(best_val_loss, last_losses["val"])
                 if iter_num > 0:
-                    save_checkpoint(ckpt_path, {
-                        "model": raw_model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "model_args": model_args,
-                        "config": cfg,
-                        "iter_num": iter_num,
-                        "best_val_loss": best_val_loss,
-                        "rng": {
-                            "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if device_type == "cuda" else None,
-                            "python": random.getstate(),
-                        },
-                    })
+                    save_checkpoint(ckpt_path, checkpoint_state(
+                        raw_model, optimizer, scaler, model_args, cfg, iter_num, best_val_loss, run))
+            if iter_num > 0 and not cfg["eval_only"]:
+                plot_losses(metrics_path, out_dir / "loss.png")  # an interrupted run keeps its curve
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
-        loss = forward_backward(model, train_batch, accum, autocast_ctx, scaler, ddp)
+        loss = forward_backward(model, train_batch, accum, autocast_ctx, scaler, run.distributed)
         if cfg["grad_clip"] > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
@@ -436,9 +504,9 @@ def _train(cfg, ddp, rank, world_size, master, device, device_type, dtype, accum
         local_iter += 1
         if bar is not None:
             bar.update(1)
-        if iter_num % cfg["log_interval"] == 0 and master:
+        if iter_num % cfg["log_interval"] == 0 and run.master:
             lossf = loss.item()  # the only host sync of a logged step
-            if device_type == "cuda":
+            if run.device_type == "cuda":
                 torch.cuda.synchronize()  # the clock must see the GPU's work finished
             t1 = time.time()
             dt = (t1 - t0) / min(cfg["log_interval"], local_iter)
@@ -456,20 +524,20 @@ def _train(cfg, ddp, rank, world_size, master, device, device_type, dtype, accum
         bar.close()
     summary = {"iter_num": iter_num, "best_val_loss": best_val_loss, "out_dir": str(out_dir),
                "data_dir": str(data_dir), **{f"{k}_loss": v for k, v in last_losses.items()}}
-    if master:
+    if run.master:
         metrics.close()
         if not cfg["eval_only"]:
-            plot_losses(metrics_path, out_dir / "loss.png")
+            if local_iter:
+                plot_losses(metrics_path, out_dir / "loss.png")
             print(f"loss curve: {out_dir / 'loss.png'}")
             if cfg["num_samples"] > 0 and cfg["sample_tokens"] > 0:
-                summary["samples"] = print_samples(raw_model, tokenizer, cfg, device, autocast_ctx)
+                summary["samples"] = print_samples(raw_model, tokenizer, cfg, run.device, autocast_ctx)
     return summary
 
 
 def main(argv=None):
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    return train(cfg)
+    return train(parse(argv, OPTIONS, prog="train.py", description=__doc__.split("\n")[0]))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "train.py")

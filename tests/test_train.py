@@ -53,11 +53,13 @@ def test_overrides_parse_types():
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--nope=1"], "unknown config name 'nope'"),
+    (["--nope=1"], "unknown option --nope"),
+    (["--aa=1"], r"did you mean --a\?"),
     (["--a=1.5"], "--a expects an int"),
     (["--b=fast"], "--b expects a float"),
     (["--d=maybe"], "--d expects a bool"),
-    (["--a"], "expected --name=value"),
+    (["--a"], "--a needs a value"),
+    (["-a=1"], "expected --name=value"),
     (["missing_file.py"], "does not exist"),
 ])
 def test_overrides_errors(argv, match):
@@ -70,7 +72,7 @@ def test_config_file_then_overrides(tmp_path):
     f.write_text('# a comment\n"""doc"""\na = 7\nb = 2\nc = "file"\n')
     assert parse_overrides([str(f), "--a=9"], dict(a=1, b=0.5, c="x")) == dict(a=9, b=2.0, c="file")
     f.write_text("a = 'seven'\n")
-    with pytest.raises(ConfigError, match="a expects a int"):
+    with pytest.raises(ConfigError, match="a expects an int"):
         parse_overrides([str(f)], dict(a=1))
     f.write_text("import os\nos.system('echo hi')\n")
     with pytest.raises(ConfigError, match="only `name = value`"):
@@ -83,7 +85,7 @@ def test_repo_config_file_is_valid():
 
 
 def test_main_rejects_unknown_names():
-    with pytest.raises(ConfigError, match="unknown config name 'nonsense'"):
+    with pytest.raises(ConfigError, match="unknown option --nonsense"):
         train.main(["--nonsense=1"])
 
 
@@ -93,7 +95,11 @@ def test_main_rejects_unknown_names():
     (dict(batch_size=0), "batch_size"),
     (dict(kernels="numpy"), "kernels"),
     (dict(dtype="float16"), "float16 needs a CUDA device"),
-    (dict(dataset="no/such/file.txt"), "dataset must be one of"),
+    (dict(dataset="no/such/file.txt"), "neither a named dataset"),
+    (dict(n_embd=100, n_head=3), "divisible by --n_head"),
+    (dict(learning_rate=-1.0), "learning_rate must be > 0"),
+    (dict(max_iters="ten"), "max_iters expects an int"),
+    (dict(max_iter=10), "did you mean --max_iters"),
 ])
 def test_bad_train_config(corpus, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -101,8 +107,9 @@ def test_bad_train_config(corpus, tmp_path, kw, match):
 
 
 def test_resume_without_checkpoint_is_an_error(corpus, tmp_path):
-    with pytest.raises(FileNotFoundError, match="ckpt.pt"):
+    with pytest.raises(ConfigError, match="ckpt.pt"):
         train.train(tiny_config(corpus, tmp_path / "out", init_from="resume"))
+    assert not (tmp_path / "out").exists()  # a user error writes nothing
 
 
 # ---------------------------------------------------------------- LR schedule
