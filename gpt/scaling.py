@@ -435,14 +435,15 @@ def print_plan(r, cfg):
 
 # ----------------------------------------------------------------------------- sweep
 
-# The CPU-sized default, character-level Shakespeare: three budgets over a decade, models from
-# 1.4K to 153K non-embedding parameters, five sizes per budget. Pilot runs at 1e11 FLOPs put the
-# optimum below 4.3K parameters, near 1000 tokens per parameter (Chinchilla's 20 is for
-# subword tokens and far bigger models), so that is the default centre. Sized from
-# single-thread CPU time per step measured on this project's 2-core machine (batch 16 x 64:
-# about 9 ms for 4K parameters, 29 ms for 59K): about 15 minutes of one idle core.
+# The CPU-sized default, character-level Shakespeare: three budgets over a decade, two-layer
+# models (one shape family: only the width changes) from 2.2K to 229K non-embedding parameters,
+# five sizes per budget. Pilot runs put the optimum of such tiny models at a few hundred to a
+# thousand tokens per parameter (Chinchilla's 20 is for subword tokens and far bigger models),
+# hence the default centre of 300, and found batches of 16 x 64 tokens better than 32 x 64 at
+# these budgets. Its 15 runs took 16 minutes of CPU time (one thread) on this project's shared
+# 2-core machine; README's scaling section has the measured times and a fourth budget.
 DEFAULT_BUDGETS = "5e10,1.5e11,5e11"
-DEFAULT_SIZES = "1x8,2x8,1x16,2x16,1x32,2x32,2x48,3x64"
+DEFAULT_SIZES = "2x8,2x16,2x24,2x32,2x40,2x48,2x64,2x96"
 
 SWEEP_OPTIONS = {
     "sweep": dict(
@@ -453,7 +454,7 @@ SWEEP_OPTIONS = {
         head_dim=Opt(8, "width of each attention head: n_head = n_embd / head_dim", ge=1),
         per_budget=Opt(5, "sizes trained at each budget: those nearest the centre below",
                        ge=3),
-        tokens_per_param=Opt(1000.0, "centre of each budget's sizes: N = sqrt(C / (6 * this)) "
+        tokens_per_param=Opt(300.0, "centre of each budget's sizes: N = sqrt(C / (6 * this)) "
                              "(Chinchilla: 20; tiny char-level models: far more)", gt=0),
         min_iters=Opt(50, "a size is not trained at a budget that gives it fewer optimizer "
                       "steps", ge=1),
@@ -676,8 +677,7 @@ def _machine(device):
         commit = None
     name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
     return {"device": name, "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "git_commit": commit}
 
 
@@ -717,9 +717,15 @@ def sweep(cfg):
 
     ordered = [records[r["name"]] for r in runs]
     fit = fit_sweep(ordered)
+    wall = time.time() - t0
+    previous = out_dir / "sweep.json"  # a resumed sweep keeps the times of the earlier calls
+    history = json.loads(previous.read_text()).get("invocations", []) if previous.is_file() else []
     result = {"settings": cfg, "machine": _machine(device), "vocab_size": vocab_size,
-              "data_dir": str(data_dir), "started": started, "wall_s": time.time() - t0,
-              "runs_trained_now": len(todo), "runs_wall_s_sum": sum(r["wall_s"] for r in ordered),
+              "data_dir": str(data_dir), "started": started, "wall_s": wall,
+              "runs_trained_now": len(todo),
+              "invocations": history + [{"started": started, "wall_s": wall,
+                                         "runs_trained": len(todo)}],
+              "runs_wall_s_sum": sum(r["wall_s"] for r in ordered),
               "runs_cpu_s_sum": sum(r["cpu_s"] for r in ordered),
               "param_count": "non-embedding (GPT.num_params(non_embedding=True))",
               "runs": ordered, "fit": fit}
@@ -791,6 +797,7 @@ def plot_sweep(records, fit, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(fit["per_budget"])))
@@ -805,9 +812,13 @@ def plot_sweep(records, fit, path):
             left.plot([f["n_opt"]], [f["loss_opt"]], "*", ms=14, color=color,
                       mfc=color if f["interior"] else "none")
     left.set_xscale("log")
+    sizes = sorted({r["params"] for r in records})
+    left.set_xticks(sizes, [_si(n) for n in sizes], fontsize=8)  # the sizes trained
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.set_xlabel("non-embedding parameters N")
     left.set_ylabel("final validation loss (nats/token)")
-    left.set_title("IsoFLOP curves (star: fitted minimum)")
+    left.set_title("IsoFLOP curves (star: fitted minimum; hollow: outside the sizes)",
+                   fontsize=10)
     left.grid(alpha=0.3, which="both")
     left.legend()
 
@@ -826,6 +837,9 @@ def plot_sweep(records, fit, path):
         right.legend()
     right.set_xscale("log")
     right.set_yscale("log")
+    budgets = [f["budget"] for f in fit["per_budget"]]
+    right.set_xticks(budgets, [f"{c:.2g}" for c in budgets])
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.set_xlabel("compute C = 6 N D (FLOPs)")
     right.set_ylabel("compute-optimal N")
     right.set_title("N_opt vs compute" if found else "N_opt vs compute (no minimum found)")

@@ -232,7 +232,6 @@ def test_tiny_sweep_end_to_end_and_resumed(corpus, tmp_path, capsys):
     (["plan", "--compute=0"], "--compute must be > 0"),
     (["count", "--preset=gpt5"], "--preset='gpt5' is not a preset"),
     (["sweep", "--budgets=1e3,1e4"], "--budgets: 1e\\+03 FLOPs is too small"),
-    (["frobnicate"], "unknown command 'frobnicate'"),
 ])
 def test_cli_errors_are_one_line(argv, match):
     proc = subprocess.run([sys.executable, "-m", "gpt.scaling", *argv], cwd=ROOT,
@@ -260,6 +259,7 @@ def test_cli_errors_are_one_line(argv, match):
     (["sweep", "--dataset=no/such/file.txt"], "--dataset="),
     (["sweep", "--per_budget=2"], "--per_budget must be >= 3"),
     ([], "a command is needed"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
 ])
 def test_usage_errors(argv, match):
     with pytest.raises(UsageError, match=match):
