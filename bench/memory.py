@@ -51,7 +51,7 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -64,8 +64,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PATHS = ("triton", "torch", "nanogpt")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 GIB = 2**30
-# MemTracker's kinds of memory, in the order the tables show them
-KINDS = ("Parameter", "Gradient", "Optstate", "Activation", "Temp", "Buffer")
 
 OPTIONS = {
     "model": dict(
@@ -85,6 +83,13 @@ OPTIONS = {
         paths=Opt("triton,torch,nanogpt", "comma-separated paths to meter (triton, torch, "
                   "nanogpt)"),
     ),
+    "parallel": dict(
+        parallel=Opt("none", "comma-separated: none (one process), ddp, fsdp; per-process "
+                     "figures"),
+        world_size=Opt(8, "processes (GPUs) for ddp / fsdp", ge=1),
+        activation_checkpointing=Opt("off", "recompute each block in backward",
+                                     choices=("off", "on", "both")),
+    ),
     "capacity": dict(
         gpu_memory=Opt("80GiB", "memory to fit the largest micro-batch into (e.g. 80GiB, "
                        "40GB, 24576MiB)"),
@@ -100,22 +105,19 @@ OPTIONS = {
 
 # ----------------------------------------------------------------------------- metering
 
-def _mem_tracker_class():
-    from torch.distributed._tools.mem_tracker import MemTracker
-
+def _tracker_class(base):
+    """``base`` (MemTracker, or FSDPMemTracker for a sharded model) made to see inside our
+    ops and to keep only the step's overall peak."""
     from kernels._library import LAUNCHERS
 
-    class KernelMemTracker(MemTracker):
-        """MemTracker that also sees inside our ops.
-
-        A mode only sees the ops dispatched to it, and an op's own allocations happen below
+    class KernelMemTracker(base):
+        """A mode only sees the ops dispatched to it, and an op's own allocations happen below
         it. For our ``gpt::`` ops the launcher (their fake implementation) is run here instead,
-        under this tracker again, so each allocation inside it is tracked as it happens.
-        """
+        under this tracker again, so each allocation inside it is tracked as it happens."""
 
         def _update_peak_stats(self, peak_state):
-            # Only the step's overall peak: the per-module peaks MemTracker also keeps cost a
-            # walk over every module at every op (most of a metered step's time).
+            # Only the overall peak: the per-module peaks MemTracker also keeps cost a walk
+            # over every module at every op (most of a metered step's time).
             for dev, snap in self._curr_mem_snap.items():
                 if self._peak_mem.get(dev, 0) < snap["Total"]:
                     self._peak_mem[dev] = snap["Total"]
@@ -129,6 +131,21 @@ def _mem_tracker_class():
                 return launcher(*args, **(kwargs or {}))
 
     return KernelMemTracker
+
+
+@contextmanager
+def _fake_process_group(world_size):
+    """A process group of world_size ranks in which this process is rank 0 and collectives
+    only produce outputs of the right shape (torch's fake backend): FSDP shards as on
+    world_size GPUs."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=world_size, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def build_config(cfg):
@@ -184,12 +201,30 @@ def _flash_sdpa():
         yield
 
 
-def meter_step(config, path, batch_size, block_size, dtype):
-    """Peak bytes of one steady-state training step on fake tensors, and what they hold.
+PARALLEL = ("none", "ddp", "fsdp")
+# the tracker's kinds of memory, grouped for the tables (FSDP splits them finer)
+GROUPS = {
+    "weights": ("Parameter", "Sharded Param", "Unsharded Param", "All Gather"),
+    "gradients": ("Gradient", "Sharded Grad", "Unsharded Grad", "Reduce Scatter"),
+    "optimizer": ("Optstate", "OptState"),
+    "activations": ("Activation",),
+    "temporaries": ("Temp",),
+    "other": ("Buffer", "Inputs", "Other"),
+}
 
-    Returns {"peak_bytes", "parts": {kind: bytes at the peak}, "params", ...}.
+
+def meter_step(config, path, batch_size, block_size, dtype, parallel="none", world_size=1,
+               activation_checkpointing=False):
+    """Peak bytes of one steady-state training step on fake tensors (per process), and what
+    they hold at the peak.
+
+    parallel: "none" (one process), "ddp" (the one-process step plus DDP's gradient
+    buckets, computed: DDP cannot run on fake tensors) or "fsdp" (FSDP2 over ``world_size``
+    ranks of a fake process group, metered with FSDPMemTracker).
+    Returns {"peak_bytes", "parts": {tracker kind: bytes}, "groups": {group: bytes}, ...}.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
 
     from gpt.model import GPT, GPTConfig
 
@@ -200,23 +235,54 @@ def meter_step(config, path, batch_size, block_size, dtype):
                          f"{config.block_size}")
     backend = "triton" if path == "triton" else "torch"
     cfg = GPTConfig(**{**config.to_dict(), "kernels": backend})
-    with FakeTensorMode(), _flash_sdpa():
+    with ExitStack() as stack:
+        mesh = None
+        if parallel == "fsdp":
+            from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+            from torch.distributed.device_mesh import init_device_mesh
+
+            from gpt.parallel import shard
+
+            stack.enter_context(_fake_process_group(world_size))
+            mesh = init_device_mesh("cpu", (world_size,))  # from real tensors: before fake mode
+        stack.enter_context(FakeTensorMode())
+        stack.enter_context(_flash_sdpa())
         model = GPT(cfg)
+        n_params = model.num_params()
+        model.activation_checkpointing = activation_checkpointing
+        if parallel == "fsdp":
+            # as train.py: weights gathered in the compute dtype, float32 master copy
+            shard(model, mesh=mesh, param_dtype=dtype if dtype != torch.float32 else None)
         optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cuda")  # fused AdamW
         idx = torch.randint(0, cfg.vocab_size, (batch_size, block_size))
         targets = torch.randint(0, cfg.vocab_size, (batch_size, block_size))
         _create_optimizer_state(model, optimizer)
-        tracker = _mem_tracker_class()()
-        tracker.track_external(model, optimizer, idx, targets)
+        if parallel == "fsdp":
+            tracker = _tracker_class(FSDPMemTracker)(model, optimizer)
+            tracker.track_inputs((idx, targets))
+        else:
+            tracker = _tracker_class(MemTracker)()
+            tracker.track_external(model, optimizer, idx, targets)
         with tracker:
             _step(model, optimizer, path, idx, targets, dtype)
         snapshot = next(iter(tracker.get_tracker_snapshot("peak").values()))
-    parts = {kind: int(snapshot.get(kind, 0)) for kind in KINDS}
-    return {"path": path, "peak_bytes": int(snapshot["Total"]), "parts": parts,
-            "params": model.num_params()}
+    # the tracker's keys are enums; keep their names ("Parameter", "Sharded Param", ...)
+    parts = {getattr(kind, "value", kind): int(n) for kind, n in snapshot.items()}
+    peak = parts.pop("Total")
+    parts = {kind: n for kind, n in parts.items() if n}
+    if parallel == "ddp":
+        # DDP copies each gradient into a flat bucket for the all-reduce: one float32 copy
+        # of all gradients, allocated when the model is wrapped, alive at every moment
+        parts["DDP buckets (computed)"] = 4 * n_params
+        peak += 4 * n_params
+    groups = {g: sum(parts.get(k, 0) for k in kinds) for g, kinds in GROUPS.items()}
+    groups["gradients"] += parts.get("DDP buckets (computed)", 0)
+    return {"path": path, "parallel": parallel, "world_size": world_size,
+            "activation_checkpointing": activation_checkpointing, "peak_bytes": peak,
+            "parts": parts, "groups": groups, "params": n_params}
 
 
-def largest_batch(config, path, block_size, dtype, budget_bytes, limit=1 << 16):
+def largest_batch(config, path, block_size, dtype, budget_bytes, limit=1 << 16, **setup):
     """The largest micro-batch whose metered peak fits budget_bytes (0 if none).
 
     The peak grows about linearly with the batch (activations), so secant steps from two
@@ -228,7 +294,7 @@ def largest_batch(config, path, block_size, dtype, budget_bytes, limit=1 << 16):
 
     def peak(b):
         if b not in peaks:
-            peaks[b] = meter_step(config, path, b, block_size, dtype)["peak_bytes"]
+            peaks[b] = meter_step(config, path, b, block_size, dtype, **setup)["peak_bytes"]
         return peaks[b]
 
     if peak(1) > budget_bytes:
@@ -352,15 +418,26 @@ def validate(paths, dtypes=("float32", "bfloat16"), batch_size=4, block_size=64)
 
 # ----------------------------------------------------------------------------- report
 
-def _gib(n):
-    return f"{n / GIB:.2f}"
+def _in(unit):
+    scale = {"GiB": GIB, "MiB": 2**20}[unit]
+    return lambda n: f"{n / scale:.2f}"
+
+
+def _split(text, allowed, option):
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    for item in items:
+        if item not in allowed:
+            raise UsageError(f"--{option}: unknown {item!r}; expected {', '.join(allowed)}")
+    if not items:
+        raise UsageError(f"--{option} is empty; expected some of {', '.join(allowed)}")
+    return items
 
 
 def run(cfg):
-    paths = [p.strip() for p in cfg["paths"].split(",") if p.strip()]
-    for p in paths:
-        if p not in PATHS:
-            raise UsageError(f"--paths: unknown path {p!r}; paths are {', '.join(PATHS)}")
+    """Meter every requested (path, parallel, activation checkpointing) setup."""
+    paths = _split(cfg["paths"], PATHS, "paths")
+    parallels = _split(cfg["parallel"], PARALLEL, "parallel")
+    acs = {"off": [False], "on": [True], "both": [False, True]}[cfg["activation_checkpointing"]]
     budget = parse_memory(cfg["gpu_memory"])
     config = build_config(cfg)
     if cfg["block_size"] > config.block_size:
@@ -369,41 +446,60 @@ def run(cfg):
     dtype = DTYPES[cfg["dtype"]]
     t0 = time.perf_counter()
     results = []
-    for path in paths:
-        r = meter_step(config, path, cfg["batch_size"], cfg["block_size"], dtype)
-        if cfg["max_batch"]:
-            r["largest_batch"] = largest_batch(config, path, cfg["block_size"], dtype, budget)
-        results.append(r)
+    for parallel in parallels:
+        world = cfg["world_size"] if parallel != "none" else 1
+        for ac in acs:
+            setup = dict(parallel=parallel, world_size=world, activation_checkpointing=ac)
+            for path in paths:
+                r = meter_step(config, path, cfg["batch_size"], cfg["block_size"], dtype, **setup)
+                if cfg["max_batch"]:
+                    r["largest_batch"] = largest_batch(config, path, cfg["block_size"], dtype,
+                                                       budget, **setup)
+                results.append(r)
     out = {
         "preset": cfg["preset"], "config": config.to_dict(), "batch_size": cfg["batch_size"],
         "block_size": cfg["block_size"], "dtype": cfg["dtype"], "gpu_memory_bytes": budget,
-        "gpu_memory": cfg["gpu_memory"], "method": "FakeTensorMode + MemTracker, steady-state step",
+        "gpu_memory": cfg["gpu_memory"],
+        "method": "FakeTensorMode + MemTracker (FSDPMemTracker for fsdp), steady-state step; "
+                  "ddp adds DDP's gradient buckets (computed)",
         "torch": torch.__version__, "date": date.today().isoformat(),
         "seconds": time.perf_counter() - t0, "paths": results,
     }
-    by_path = {r["path"]: r for r in results}
-    if "triton" in by_path:
-        for other in ("torch", "nanogpt"):
-            if other in by_path:
-                out[f"peak_ratio_triton_over_{other}"] = (by_path["triton"]["peak_bytes"]
-                                                          / by_path[other]["peak_bytes"])
-                if cfg["max_batch"] and by_path[other]["largest_batch"]:
-                    out[f"batch_ratio_triton_over_{other}"] = (
-                        by_path["triton"]["largest_batch"] / by_path[other]["largest_batch"])
+    # triton against the other paths, setup by setup
+    for r in results:
+        if r["path"] == "triton":
+            continue
+        mine = next(t for t in results if t["path"] == "triton" and _same_setup(t, r))
+        r["triton_peak_ratio"] = mine["peak_bytes"] / r["peak_bytes"]
+        if cfg["max_batch"] and r["largest_batch"]:
+            r["triton_batch_ratio"] = mine["largest_batch"] / r["largest_batch"]
     return out
 
 
+def _same_setup(a, b):
+    return all(a[k] == b[k] for k in ("parallel", "world_size", "activation_checkpointing"))
+
+
 def table(result):
-    """Markdown table of one run: peak and its parts per path, in GiB."""
-    head = ["path", "peak GiB", *[k.lower() for k in KINDS[:5]]]
+    """Markdown table of one run: peak per process and its parts per setup (GiB or MiB)."""
     has_batch = "largest_batch" in result["paths"][0]
+    unit = "GiB" if max(r["peak_bytes"] for r in result["paths"]) >= GIB else "MiB"
+    size = _in(unit)
+    head = ["path", "parallel", "act. ckpt", f"peak {unit}", *GROUPS]
     if has_batch:
         head.append(f"largest batch on {result['gpu_memory']}")
+    head.append("triton / this")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in result["paths"]:
-        row = [r["path"], _gib(r["peak_bytes"]), *[_gib(r["parts"][k]) for k in KINDS[:5]]]
+        parallel = r["parallel"] if r["parallel"] == "none" else f"{r['parallel']} x{r['world_size']}"
+        row = [r["path"], parallel, "on" if r["activation_checkpointing"] else "off",
+               size(r["peak_bytes"]), *[size(r["groups"][g]) for g in GROUPS]]
         if has_batch:
             row.append(str(r["largest_batch"]))
+        ratio = f"{r['triton_peak_ratio']:.2f}" if "triton_peak_ratio" in r else ""
+        if "triton_batch_ratio" in r:
+            ratio += f" (batch x{r['triton_batch_ratio']:.2f})"
+        row.append(ratio)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -429,9 +525,6 @@ def main(argv=None):
     print(f"{cfg['preset']}: batch {cfg['batch_size']} x {cfg['block_size']} tokens, {cfg['dtype']}, "
           f"metered in {result['seconds']:.1f} s")
     print(table(result))
-    for key, value in result.items():
-        if key.startswith(("peak_ratio", "batch_ratio")):
-            print(f"{key}: {value:.3f}")
     out = Path(cfg["out"]) if cfg["out"] else (
         RESULTS_DIR / f"memory-{cfg['preset']}-{result['date']}.json")
     _write_json(out, result)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import kernels
 
@@ -164,6 +165,8 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # True: each block runs under torch.utils.checkpoint in training (gpt/parallel.py)
+        self.activation_checkpointing = False
         # weight tying (Press & Wolf 2017), as GPT-2: one (V, C) matrix embeds and un-embeds
         self.transformer.wte.weight = self.lm_head.weight
 
@@ -216,7 +219,11 @@ class GPT(nn.Module):
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         x = self.transformer.drop(tok_emb + pos_emb)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, i)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; recompute the inside in backward
+                x = checkpoint(block, x, kv_cache, i, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)

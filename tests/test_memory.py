@@ -47,6 +47,22 @@ def test_fused_loss_saves_memory_at_a_large_vocabulary():
     assert peaks["triton"] < 0.5 * peaks["nanogpt"], peaks
 
 
+def test_per_rank_memory_with_fsdp_ddp_and_checkpointing():
+    cfg = GPTConfig(n_layer=4, n_head=2, n_embd=64, vocab_size=512, block_size=64, bias=True)
+    n = GPT(cfg).num_params()
+    step = lambda **kw: memory.meter_step(cfg, "triton", 4, 64, torch.bfloat16, **kw)  # noqa: E731
+    one, ddp = step(), step(parallel="ddp", world_size=4)
+    fsdp = step(parallel="fsdp", world_size=4)
+    fsdp_ac = step(parallel="fsdp", world_size=4, activation_checkpointing=True)
+    assert ddp["peak_bytes"] == one["peak_bytes"] + 4 * n  # DDP's gradient buckets
+    # FSDP keeps a quarter of the float32 weights and AdamW moments per rank (up to padding)
+    assert fsdp["parts"]["Sharded Param"] == pytest.approx(4 * n / 4, rel=0.05)
+    assert fsdp["groups"]["optimizer"] == pytest.approx(one["groups"]["optimizer"] / 4, rel=0.05)
+    assert fsdp["peak_bytes"] < one["peak_bytes"]
+    # checkpointing keeps each block's input only
+    assert fsdp_ac["groups"]["activations"] < 0.7 * fsdp["groups"]["activations"]
+
+
 @pytest.mark.parametrize("peak_of", [
     lambda b: 1000 + 37 * b,  # linear, as activations are
     lambda b: 1000 + 30 * b + (200 if b > 20 else 0),  # a jump the prediction misses
@@ -54,7 +70,7 @@ def test_fused_loss_saves_memory_at_a_large_vocabulary():
 ])
 def test_largest_batch_is_exact(monkeypatch, peak_of):
     monkeypatch.setattr(memory, "meter_step",
-                        lambda config, path, b, t, dtype: {"peak_bytes": peak_of(b)})
+                        lambda config, path, b, t, dtype, **setup: {"peak_bytes": peak_of(b)})
     for budget in (999, 1037, 2000, 5000, 10**6):
         want = max((b for b in range(1, 40000) if peak_of(b) <= budget), default=0)
         assert memory.largest_batch(None, "triton", 64, torch.float32, budget) == want, budget
