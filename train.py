@@ -433,7 +433,9 @@ def resume_checkpoint(cfg, opened, model, optimizer, scaler, run):
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val_loss, rng = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["rng"]
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        # one file holds rank 0's generators: the other DDP ranks must not draw its batches
+        rng = ckpt["rng"] if run.rank == 0 else None
     if rng is not None:
         gckpt.set_rng_state(rng, run.device_type)
     else:  # a rank the checkpoint did not have (resumed on more processes): a fresh stream
