@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gpt.checkpoint import load_for_inference
 from gpt.cli import parse_overrides
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import load_tokenizer
@@ -40,18 +41,10 @@ DEFAULTS = dict(
 
 
 def load_checkpoint(out_dir, device="cpu", **overrides):
-    """Return (model in eval mode, tokenizer) from train.py's out_dir."""
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "ckpt.pt"
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}: train with train.py --out_dir={out_dir} first")
-    # weights_only: a checkpoint someone hands you cannot run code when loaded
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    model_args = {**checkpoint["model_args"], **overrides, "dropout": 0.0}
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    return model, load_tokenizer(out_dir / "tokenizer.json")
+    """Return (model in eval mode, tokenizer) from train.py's out_dir (ckpt.pt, or the sharded
+    ckpt/ folder of an FSDP run)."""
+    model, _, _ = load_for_inference(out_dir, device, **overrides)
+    return model, load_tokenizer(Path(out_dir) / "tokenizer.json")
 
 
 def sample(cfg):

@@ -43,7 +43,7 @@ def test_start_from_file(trained, tmp_path):
 
 
 def test_sample_errors(trained, tmp_path):
-    with pytest.raises(FileNotFoundError, match="ckpt.pt"):
+    with pytest.raises(ValueError, match="ckpt.pt"):
         sample.sample(cfg(tmp_path))
     with pytest.raises(ValueError, match="vocabulary"):
         sample.sample(cfg(trained, start="\u4e2d\u6587"))

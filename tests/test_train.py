@@ -182,7 +182,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     model, batches = make_model_and_batches()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     it = iter(batches)
-    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler, ddp=False)
+    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     accumulated = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     x = torch.cat([b[0] for b in batches])
@@ -206,7 +206,7 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
     model, batches = make_model_and_batches()
     it = iter(batches)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler, ddp=False)
+    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     for n, p in model.named_parameters():
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7)
 
