@@ -112,4 +112,5 @@ def test_cli_writes_results(tmp_path):
     assert [r["path"] for r in result["paths"]] == list(memory.PATHS)
     for r in result["paths"]:
         assert r["peak_bytes"] > 0 and r["largest_batch"] >= 1
-    assert "| triton |" in done.stdout and "peak_ratio_triton_over_torch" in done.stdout
+    assert "| triton | none |" in done.stdout and "| triton / this |" in done.stdout
+    assert all("triton_peak_ratio" in r for r in result["paths"] if r["path"] != "triton")
