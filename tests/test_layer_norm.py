@@ -219,6 +219,16 @@ def test_bad_input(case):
         call()
 
 
+# --------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+@pytest.mark.parametrize("M, C", [(1024, 768), (256, 1600), (64, 4100)])
+def test_gpt2_sizes_in_the_interpreter(M, C):
+    """GPT-2 small / XL widths and one past 4096, float32, with the kernels' real block sizes
+    (make test-all; minutes in Triton's interpreter)."""
+    check_against_reference(*make_inputs((M,), C, torch.float32))
+
+
 # --------------------------------------------------------------------------- GPU
 
 @pytest.mark.gpu
