@@ -26,7 +26,7 @@ hyper-threads): the load averages are recorded next to the times. Data preparati
 sides happens once, before the timed runs, in a temporary folder (--keep=True keeps it).
 """
 
-import json
+import importlib.util
 import os
 import platform
 import re
@@ -115,9 +115,7 @@ def prepare_nanogpt(nano, text, work, threads):
     shutil.copy(nano / "data" / "shakespeare_char" / "prepare.py", data / "prepare.py")
     shutil.copy(text, data / "input.txt")
     stub = None
-    try:
-        import requests  # noqa: F401  (prepare.py imports it even when it has the text)
-    except ImportError:
+    if importlib.util.find_spec("requests") is None:  # prepare.py imports it, text or not
         stub = work / "stub"
         stub.mkdir()
         (stub / "requests.py").write_text(

@@ -355,7 +355,8 @@ OPTIONS = {
         cache_dir=Opt("", "download cache; empty: $GPT_CACHE_DIR or ~/.cache/gpt-triton"),
     ),
     "tokenizer": dict(
-        tokenizer=Opt("char", "char | bpe | gpt2", choices=TOKENIZER_KINDS),
+        tokenizer=Opt("char", "characters, a BPE trained on the text, or GPT-2's BPE",
+                      choices=TOKENIZER_KINDS),
         vocab_size=Opt(0, f"--tokenizer=bpe only: vocabulary size; 0: {DEFAULT_BPE_VOCAB_SIZE}",
                        ge=0),
         gpt2_ranks=Opt("", "--tokenizer=gpt2 only: GPT-2's ranks file (r50k_base.tiktoken); "

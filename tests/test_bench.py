@@ -14,7 +14,7 @@ import torch
 
 from gpt.cli import UsageError
 
-from bench import common, report
+from bench import common, nanogpt_cpu, report
 from bench import generate as bench_generate
 from bench import kernels as bench_kernels
 from bench import train as bench_train
@@ -348,3 +348,50 @@ def test_unique_path(tmp_path):
     assert common.unique_path(path) == tmp_path / "r-2.json"
     (tmp_path / "r-2.json").write_text("{}")
     assert common.unique_path(path) == tmp_path / "r-3.json"
+
+
+# ----------------------------------------------------------------------------- nanogpt_cpu
+
+FAKE_NANOGPT_TRAIN = """
+import sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[2:])
+print("step 0: train loss 4.1000, val loss 4.2000")
+for i in range(int(args["max_iters"]) + 1):  # nanoGPT's loop: iterations 0..max_iters
+    print(f"iter {i}: loss {4.0 - i / 100:.4f}, time 1.00ms, mfu -100.00%")
+"""
+FAKE_PREPARE = """
+from pathlib import Path
+here = Path(__file__).parent
+(here / "train.bin").write_bytes((here / "input.txt").read_bytes())
+"""
+
+
+def test_nanogpt_cpu_side_by_side_on_a_stand_in_checkout(tmp_path, monkeypatch):
+    """The comparison's plumbing with a stand-in for nanoGPT (a script that prints nanoGPT's
+    log lines) and the real train.py, one short run each."""
+    nano = tmp_path / "nanoGPT"
+    (nano / "config").mkdir(parents=True)
+    (nano / "data" / "shakespeare_char").mkdir(parents=True)
+    (nano / "train.py").write_text(FAKE_NANOGPT_TRAIN)
+    (nano / "model.py").write_text("")
+    (nano / "configurator.py").write_text("")
+    (nano / "config" / "train_shakespeare_char.py").write_text("")
+    (nano / "data" / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
+    text = tmp_path / "input.txt"
+    text.write_text(SMOKE_TEXT)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    day = nanogpt_cpu.date.today().isoformat()
+    (tmp_path / "results" / f"nanogpt-cpu-{day}.json").write_text("{}")  # a committed result
+
+    doc = nanogpt_cpu.main([f"--nanogpt={nano}", f"--input={text}", "--repeats=1",
+                            "--max_iters=2", "--eval_iters=1"])
+    sides = doc["sides"]
+    assert sides["nanoGPT"]["steps"] == sides["gpt-triton"]["steps"] == 3
+    assert sides["nanoGPT"]["final_loss"] == 3.98 and sides["gpt-triton"]["final_loss"] > 0
+    assert all(r["cpu_s"] > 0 and r["step0_val_loss"] for r in doc["runs"])
+    assert doc["ratio"] == pytest.approx(sides["gpt-triton"]["cpu_s"] / sides["nanoGPT"]["cpu_s"])
+    assert "--plot=False" in doc["commands"]["gpt-triton"]
+    written = json.loads((tmp_path / "results" / f"nanogpt-cpu-{day}-2.json").read_text())
+    assert written["ratio"] == doc["ratio"]
+    assert (tmp_path / "results" / f"nanogpt-cpu-{day}.json").read_text() == "{}"
