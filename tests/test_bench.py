@@ -333,8 +333,9 @@ def test_generate_refuses_the_cpu_unless_asked(monkeypatch, tmp_path):
 
 def test_generate_smoke_never_overwrites_a_result(monkeypatch, tmp_path):
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
-    first = bench_generate.main(["--smoke=True"])
-    second = bench_generate.main(["--smoke=True"])
+    # kernels=torch: the conftest's TRITON_INTERPRET=1 would send "auto" to the interpreter
+    first = bench_generate.main(["--smoke=True", "--kernels=torch"])
+    second = bench_generate.main(["--smoke=True", "--kernels=torch"])
     assert first["smoke"] and first["same_output"] and second["same_output"]
     names = sorted(p.name for p in tmp_path.iterdir())
     day = first["date"]
