@@ -7,8 +7,8 @@
 
 Providers (a provider that is missing or fails is recorded as skipped, with the reason):
 
-- ``triton``: the op forced to Triton, ``kernels.ops("triton")``;
-- ``torch``: the plain-PyTorch reference, ``kernels.ops("torch")`` (eager);
+- ``triton``: the op forced to Triton, ``kernels.<op>(..., backend="triton")``;
+- ``torch``: the plain-PyTorch reference, ``kernels.reference.<op>`` (eager);
 - ``compile``: ``torch.compile`` of that same reference code;
 - attention only: ``naive`` (nanoGPT's eager attention in the input dtype: QK^T, mask,
   softmax, @V), ``sdpa`` (``scaled_dot_product_attention``, PyTorch's own choice of backend)
@@ -32,6 +32,7 @@ medium and XL, vocabulary ``GPTConfig().vocab_size`` (50304), 4k-16k tokens, seq
 summarises them.
 """
 
+import functools
 import math
 import os
 import time
@@ -287,14 +288,13 @@ def make_provider(name, op, device):
     import kernels
 
     if name == "triton":
-        if not kernels.triton_available(op):
-            skipped = "; ".join(f"kernels/{m}.py: {e}" for m, e in kernels._SKIPPED_MODULES.items())
-            raise Skip(f"no Triton kernel registered for {op}" + (f" ({skipped})" if skipped else ""))
+        if kernels.TRITON_MISSING is not None:
+            raise Skip(f"no Triton: {kernels.TRITON_MISSING}")
         if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise Skip("Triton needs a GPU, or TRITON_INTERPRET=1 (set before start) on the CPU")
-        return getattr(kernels.ops("triton"), op)
+        return functools.partial(getattr(kernels, op), backend="triton")
     if name == "torch":
-        return getattr(kernels.ops("torch"), op)
+        return getattr(kernels.reference, op)
     if name == "compile":
         torch._dynamo.reset()  # a fresh cache: no recompile limit, no stale graphs
         return torch.compile(getattr(kernels.reference, op), dynamic=False)

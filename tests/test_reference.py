@@ -12,7 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 import kernels
+import kernels._library
 from kernels import _validate, reference
 from tests.helpers import TOL, assert_close
 
@@ -589,116 +592,94 @@ OPS_ARGS = {
 }
 
 
+class OpsCalled(TorchDispatchMode):
+    """Records the namespaces of the operators that run inside it ("gpt" for our ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.namespaces = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.namespaces.add(func.namespace)
+        return func(*args, **(kwargs or {}))
+
+
+def ran_our_ops(name, args, kwargs, backend="auto"):
+    with OpsCalled() as seen:
+        out = getattr(kernels, name)(*args, backend=backend, **kwargs)
+    return "gpt" in seen.namespaces, out
+
+
 @pytest.fixture
-def no_triton(monkeypatch):
-    """An empty registry and no dispatch overrides in the environment."""
-    monkeypatch.setattr(kernels, "_TRITON_IMPLS", {})
+def cpu_rules(monkeypatch):
+    """The dispatch rules of a CPU machine without TRITON_INTERPRET, whatever this one runs."""
+    monkeypatch.setattr(kernels._library, "INTERPRET", False)
     monkeypatch.delenv("GPT_KERNELS", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     return monkeypatch
 
 
 def test_public_names_are_functions_not_modules():
     for name in kernels.OP_NAMES:
         fn = getattr(kernels, name)
-        assert callable(fn) and fn.__module__ == "kernels", name
+        assert callable(fn) and fn.__name__ == name, name
 
 
-def test_ops_torch_returns_the_references(no_triton):
-    ns = kernels.ops("torch")
-    assert ns.backend == "torch"
-    for name in kernels.OP_NAMES:
-        assert getattr(ns, name) is getattr(reference, name)
-    # an explicit backend wins over GPT_KERNELS
-    no_triton.setenv("GPT_KERNELS", "triton")
-    assert kernels.ops("torch").layer_norm is reference.layer_norm
-
-
-def test_ops_auto_returns_the_dispatchers(no_triton):
-    ns = kernels.ops()
-    for name in kernels.OP_NAMES:
-        assert getattr(ns, name) is getattr(kernels, name)
-
-
-def test_ops_unknown_backend():
+def test_unknown_backend_and_bad_env(cpu_rules):
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'triton'\), "
                                          r"got 'nope'"):
-        kernels.ops("nope")
-
-
-def test_bad_gpt_kernels_env(no_triton):
-    no_triton.setenv("GPT_KERNELS", "cuda")
+        kernels.layer_norm(_x, _w32, None, backend="nope")
+    cpu_rules.setenv("GPT_KERNELS", "cuda")
     with pytest.raises(ValueError, match="GPT_KERNELS"):
         kernels.layer_norm(_x, _w32, None)
-    with pytest.raises(ValueError, match="GPT_KERNELS"):
-        kernels.ops("auto")
 
 
 @pytest.mark.parametrize("name", kernels.OP_NAMES)
-def test_auto_on_cpu_uses_the_reference(name, no_triton):
-    called = []
-    kernels.register_triton(name, lambda *a, **k: called.append(name))
+def test_auto_on_cpu_uses_the_reference(name, cpu_rules):
     args, kwargs = OPS_ARGS[name]()
-    assert kernels.backend_for(*args) == "torch"
-    out = getattr(kernels, name)(*args, **kwargs)
-    assert not called
+    ran, out = ran_our_ops(name, args, kwargs)
+    assert not ran
     assert torch.equal(out, getattr(reference, name)(*args, **kwargs))
+    cpu_rules.setenv("GPT_KERNELS", "torch")
+    assert not ran_our_ops(name, args, kwargs, backend="auto")[0]
 
 
 @pytest.mark.parametrize("name", kernels.OP_NAMES)
-def test_forced_triton_without_kernel_raises(name, no_triton):
+def test_triton_where_no_kernel_can_run_raises(name, cpu_rules):
     args, kwargs = OPS_ARGS[name]()
-    with pytest.raises(NotImplementedError, match=rf"kernels\.{name} has no Triton kernel"):
-        getattr(kernels.ops("triton"), name)(*args, **kwargs)
-    no_triton.setenv("GPT_KERNELS", "triton")
-    with pytest.raises(NotImplementedError, match=rf"{name}.*GPT_KERNELS=triton"):
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        getattr(kernels, name)(*args, backend="triton", **kwargs)
+    cpu_rules.setenv("GPT_KERNELS", "triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         getattr(kernels, name)(*args, **kwargs)
 
 
-def test_interpreter_on_cpu_takes_triton_and_falls_back(no_triton):
-    no_triton.setenv("TRITON_INTERPRET", "1")
-    assert kernels.backend_for(_x) == "triton"
-    # nothing registered: "auto" falls back to the reference
-    assert torch.equal(kernels.layer_norm(_x, _w32, None), reference.layer_norm(_x, _w32, None))
-    # registered: "auto" takes it, and so does ops("triton"), even when registered later
-    forced = kernels.ops("triton")
-
-    @kernels.register_triton("layer_norm")
-    def fake(x, weight, bias, eps=1e-5):
-        return "triton"
-
-    assert kernels.triton_available("layer_norm") and not kernels.triton_available("linear_gelu")
-    assert kernels.layer_norm(_x, _w32, None) == "triton"
-    assert forced.layer_norm(_x, _w32, None) == "triton"
-    # GPT_KERNELS=torch overrides the device rule
-    no_triton.setenv("GPT_KERNELS", "torch")
-    assert kernels.backend_for(_x) == "torch"
-    assert isinstance(kernels.layer_norm(_x, _w32, None), torch.Tensor)
+@pytest.mark.skipif(not kernels._library.INTERPRET, reason="needs TRITON_INTERPRET=1 on CPU")
+@pytest.mark.parametrize("name", kernels.OP_NAMES)
+def test_interpreter_on_cpu_runs_our_ops(name, monkeypatch):
+    monkeypatch.delenv("GPT_KERNELS", raising=False)
+    args, kwargs = OPS_ARGS[name]()
+    assert ran_our_ops(name, args, kwargs)[0]  # "auto"
+    assert ran_our_ops(name, args, kwargs, backend="triton")[0]
+    assert not ran_our_ops(name, args, kwargs, backend="torch")[0]
+    monkeypatch.setenv("GPT_KERNELS", "torch")  # steers "auto" only
+    assert not ran_our_ops(name, args, kwargs)[0]
+    assert ran_our_ops(name, args, kwargs, backend="triton")[0]
 
 
-def test_backend_for_rules(no_triton):
-    assert kernels.backend_for(_x, None, 1.0) == "torch"
-    assert kernels.backend_for(_x, backend="triton") == "triton"
-    assert kernels.backend_for(_x, backend="torch") == "torch"
-    meta = torch.empty(0, device="meta")
-    assert kernels.backend_for(meta) == "torch"  # neither CUDA nor CPU: the reference
+def test_use_triton_rules(cpu_rules):
+    meta = torch.empty(2, 3, device="meta")
+    assert not kernels.use_triton("auto", _x, None, 1.0)
+    assert not kernels.use_triton("torch", _x)
+    assert not kernels.use_triton("auto", meta)  # what a CPU machine would run
+    assert kernels.use_triton("triton", meta)  # shape-only: no kernel runs, any machine
     with pytest.raises(ValueError, match="backend must be one of"):
-        kernels.backend_for(_x, backend="cuda")
-
-
-def test_register_triton_rejects_unknown_ops(no_triton):
-    with pytest.raises(ValueError, match=r"unknown op 'softmax'"):
-        kernels.register_triton("softmax", lambda x: x)
-    with pytest.raises(TypeError, match="callable"):
-        kernels.register_triton("layer_norm", 3)
-    with pytest.raises(ValueError, match="unknown op"):
-        kernels.triton_available("gelu")
+        kernels.use_triton("cuda", _x)
 
 
 @pytest.mark.gpu
-def test_auto_on_cuda_picks_triton(no_triton):
-    x = torch.randn(4, 32, device="cuda")
-    assert kernels.backend_for(x) == "triton"
-    # no kernel registered in this fixture: auto falls back to the reference on the GPU too
-    assert_close(kernels.layer_norm(x, _w32.cuda(), None),
-                 reference.layer_norm(x, _w32.cuda(), None), 0.0, "layer_norm")
+@pytest.mark.parametrize("name", kernels.OP_NAMES)
+def test_auto_on_cuda_runs_our_ops(name, monkeypatch):
+    monkeypatch.delenv("GPT_KERNELS", raising=False)
+    args, kwargs = OPS_ARGS[name]()
+    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    assert ran_our_ops(name, args, kwargs)[0]
