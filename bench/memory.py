@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.common import unique_path
 from gpt.cli import Opt, UsageError, parse, run_main
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -432,7 +433,7 @@ def main(argv=None):
     for key, value in result.items():
         if key.startswith(("peak_ratio", "batch_ratio")):
             print(f"{key}: {value:.3f}")
-    out = Path(cfg["out"]) if cfg["out"] else (
+    out = Path(cfg["out"]) if cfg["out"] else unique_path(  # never over an earlier result
         RESULTS_DIR / f"memory-{cfg['preset']}-{result['date']}.json")
     _write_json(out, result)
     print(f"wrote {out}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import train
-from bench import flce_memory, generate, nanogpt_cpu, report
+from bench import flce_memory, generate, memory, nanogpt_cpu, report
 from bench import kernels as bench_kernels
 from bench import train as bench_train
 from gpt import attention, data, sample
@@ -33,6 +33,7 @@ ENTRY_POINTS = {
     "python -m bench.generate": (generate, [sys.executable, "-m", "bench.generate"]),
     "python -m bench.flce_memory": (flce_memory, [sys.executable, "-m", "bench.flce_memory"]),
     "python -m bench.nanogpt_cpu": (nanogpt_cpu, [sys.executable, "-m", "bench.nanogpt_cpu"]),
+    "python -m bench.memory": (memory, [sys.executable, "-m", "bench.memory"]),
 }
 
 # One typical mistake per entry point, run as a real process: (arguments, text the error names)
@@ -47,6 +48,7 @@ SUBPROCESS_MISTAKES = {
     "python -m bench.generate": (["--new_tokens=0"], "--new_tokens must be >= 1"),
     "python -m bench.flce_memory": (["--dtype=float64"], "--dtype must be one of"),
     "python -m bench.nanogpt_cpu": (["--nanogpt=."], "--nanogpt=.: not a nanoGPT checkout"),
+    "python -m bench.memory": (["--preset=gpt5"], "--preset must be custom or one of"),
 }
 
 
@@ -162,6 +164,7 @@ MISTAKES = [
     ("python -m bench.flce_memory", ["--n=-1"], "--n must be >= 0"),
     ("python -m bench.nanogpt_cpu", [], "--nanogpt is required"),
     ("python -m bench.nanogpt_cpu", ["--repeats=0"], "--repeats must be >= 1"),
+    ("python -m bench.memory", ["--gpu_memory=lots"], "--gpu_memory expects a positive size"),
 ]
 
 
