@@ -42,8 +42,8 @@ OPTIONS = {
         tokenizer=Opt("", "char | bpe | gpt2; empty: the dataset's default (char)",
                       choices=("", "char", "bpe", "gpt2")),
         bpe_vocab_size=Opt(1024, "vocabulary size when --tokenizer=bpe", ge=257),
-        gpt2_ranks=Opt("", "path to GPT-2's ranks file (r50k_base.tiktoken) for "
-                       "--tokenizer=gpt2 offline; empty: tiktoken's own (downloads once)"),
+        gpt2_ranks=Opt("", "GPT-2's ranks file (r50k_base.tiktoken) for --tokenizer=gpt2; "
+                       "empty: tiktoken's (downloads once), else a copy cached with pip"),
         data_dir=Opt("data", "prepared token files go to data_dir/<dataset>-<tokenizer>/"),
         batch_size=Opt(12, "sequences per micro-batch, per process", ge=1),
         block_size=Opt(64, "context length in tokens", ge=1),
@@ -84,6 +84,8 @@ OPTIONS = {
                                    "loss improves"),
         init_from=Opt("scratch", "scratch, or resume from out_dir/ckpt.pt",
                       choices=("scratch", "resume")),
+        plot=Opt(True, "write loss.png at each evaluation and at the end (matplotlib: about "
+                 "1 s of CPU a run)"),
         num_samples=Opt(2, "samples printed at the end", ge=0),
         sample_tokens=Opt(300, "tokens per sample", ge=0),
     ),
@@ -539,7 +541,7 @@ def _train(cfg, run):
                 if iter_num > 0:
                     save_checkpoint(out_dir, raw_model, optimizer, scaler, model_args, cfg,
                                     iter_num, best_val_loss, run)
-            if iter_num > 0 and not cfg["eval_only"] and run.master:
+            if iter_num > 0 and not cfg["eval_only"] and cfg["plot"] and run.master:
                 plot_losses(metrics_path, out_dir / "loss.png")  # an interrupted run keeps its curve
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
@@ -579,9 +581,9 @@ def _train(cfg, run):
     if run.master:
         metrics.close()
         if not cfg["eval_only"]:
-            if local_iter:
+            if local_iter and cfg["plot"]:
                 plot_losses(metrics_path, out_dir / "loss.png")
-            print(f"loss curve: {out_dir / 'loss.png'}")
+                print(f"loss curve: {out_dir / 'loss.png'}")
     # samples: under FSDP every process runs the model (same seed, in lockstep), one prints
     if not cfg["eval_only"] and cfg["num_samples"] > 0 and cfg["sample_tokens"] > 0 and (
             run.master or run.parallel == "fsdp"):

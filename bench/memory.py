@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.common import unique_path
 from gpt.cli import Opt, UsageError, parse, run_main
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -525,7 +526,7 @@ def main(argv=None):
     print(f"{cfg['preset']}: batch {cfg['batch_size']} x {cfg['block_size']} tokens, {cfg['dtype']}, "
           f"metered in {result['seconds']:.1f} s")
     print(table(result))
-    out = Path(cfg["out"]) if cfg["out"] else (
+    out = Path(cfg["out"]) if cfg["out"] else unique_path(  # never over an earlier result
         RESULTS_DIR / f"memory-{cfg['preset']}-{result['date']}.json")
     _write_json(out, result)
     print(f"wrote {out}")

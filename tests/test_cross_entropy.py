@@ -217,6 +217,17 @@ def test_bad_reduction_raises():
         cross_entropy(torch.randn(4, 10), torch.zeros(4, dtype=torch.long), reduction="avg")
 
 
+# --------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpt2_vocabulary_in_the_interpreter(dtype, reduction):
+    """GPT-2's padded vocabulary (50304) over a few hundred rows (make test-all; minutes in
+    Triton's interpreter)."""
+    check_against_reference(*make_inputs(257, 50304, dtype), -100, reduction)
+
+
 # --------------------------------------------------------------------------- GPU
 
 @pytest.mark.gpu

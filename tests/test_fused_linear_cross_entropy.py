@@ -265,6 +265,16 @@ def test_bad_reduction_raises():
         flce(**_bad(), reduction="avg")
 
 
+# --------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gpt2_sizes_in_the_interpreter(reduction):
+    """GPT-2's lm_head (C=768, V=50304) over several token chunks, float32 (make test-all;
+    minutes in Triton's interpreter)."""
+    check_against_reference(*make_inputs(300, 768, 50304, torch.float32), reduction)
+
+
 # --------------------------------------------------------------------------- GPU
 
 @pytest.mark.gpu

@@ -213,6 +213,14 @@ def test_bad_input(case):
 
 # --------------------------------------------------------------------------- GPU
 
+@pytest.mark.slow
+@pytest.mark.parametrize("lead, K, N", [((256,), 768, 3072), ((65,), 1600, 6400)])
+def test_gpt2_sizes_in_the_interpreter(lead, K, N):
+    """GPT-2 small's and XL's MLP widths, float32, ragged rows (make test-all; minutes in
+    Triton's interpreter)."""
+    check_against_reference(*make_inputs(lead, K, N, torch.float32))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("lead, K, N", [((8, 1024), 768, 3072), ((4097,), 1600, 6400),
