@@ -133,7 +133,7 @@ TRAIN_MISTAKES = [
     (["--n_embd=100", "--n_head=3"], "--n_embd=100 must be divisible by --n_head=3"),
     (["--learning_rate=-1"], "--learning_rate must be > 0"),
     (["--dataset=no/such/input.txt"], "--dataset='no/such/input.txt' is neither"),
-    (["--init_from=resume"], "--init_from=resume but out/ckpt.pt does not exist"),
+    (["--init_from=resume"], "--init_from=resume but out holds no checkpoint"),
 ]
 
 
