@@ -8,23 +8,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa  # a dependency (through `meds`)
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-pytest.importorskip("meds")
-
-import train  # noqa: E402
-from gpt.cli import UsageError  # noqa: E402
-from gpt.events import data as edata  # noqa: E402
-from gpt.events import synthetic as syn  # noqa: E402
-from gpt.events.evaluate import auroc, kl_divergence, next_event_metrics  # noqa: E402
-from gpt.events.meds_data import Timelines, read_dataset, read_split  # noqa: E402
-from gpt.events.tokenizer import LONG_GAPS, TIME_BINS, YEAR, EventTokenizer  # noqa: E402
-from gpt.model import GPT, IGNORE_INDEX, GPTConfig  # noqa: E402
-from gpt.tokenizer import load_tokenizer  # noqa: E402
+import train
+from gpt.cli import UsageError
+from gpt.events import data as edata
+from gpt.events import synthetic as syn
+from gpt.events.evaluate import auroc, kl_divergence, next_event_metrics
+from gpt.events.meds_data import Timelines, read_dataset, read_split
+from gpt.events.tokenizer import LONG_GAPS, TIME_BINS, YEAR, EventTokenizer
+from gpt.model import GPT, IGNORE_INDEX, GPTConfig
+from gpt.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2015, 3, 1, 8, 30)
@@ -344,6 +342,25 @@ def test_kl_divergence():
     want = 0.5 * math.log(2) * 2
     assert math.isclose(kl_divergence(p[:1], np.log(q))[0], want)
     assert (kl_divergence(p, np.log(q)) >= 0).all()
+
+
+def test_eval_with_split_codes_maps_the_truth_onto_categories(synthetic_meds, tmp_path):
+    out = edata.prepare(str(synthetic_meds), tmp_path / "split-events", options={"split_codes": True})
+    tok = load_tokenizer(out / "tokenizer.json")
+    assert tok.split_codes and "ICD10CM//E11" in tok.stoi and "ATC//A10" in tok.stoi
+    held = read_split(synthetic_meds, "held_out").select(np.arange(20))
+    process = syn.SyntheticEHR()
+    probs, _ = process.replay([held.patient(i) for i in range(len(held))])
+    row = np.arange(held.n_events) - np.repeat(held.offsets[:-1], np.diff(held.offsets))
+    model = GPT(GPTConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
+                          kernels="torch"))
+    r = next_event_metrics(model.eval(), tok, held, truth=(np.concatenate(probs), process.codes),
+                           events=row >= 3)  # patients longer than 64 tokens take sliding windows
+    assert r["events"] == sum(len(p) for p in probs)
+    assert r["tokens"] == len(tok.encode_timelines(held).ids) - len(held)  # all but each [BOS]
+    assert r["truth"]["top10"] > r["frequency"]["top10"]
+    assert 0 < r["model"]["kl_from_truth"] and 0 < r["frequency"]["kl_from_truth"]
+    assert r["truth"]["nll"] < r["frequency"]["nll"]
 
 
 # ---------------------------------------------------------------- training and the CLIs

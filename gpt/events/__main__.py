@@ -210,13 +210,12 @@ HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    listing = "; ".join(f"{name}: {help_}" for name, (help_, _) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help"):
         if argv:
             print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
                 f"  {name:<9} {help_}" for name, (help_, _) in COMMANDS.items()))
             return None
-        raise UsageError(f"expected a command: {', '.join(COMMANDS)} ({listing})")
+        raise UsageError(f"expected a command: {', '.join(COMMANDS)} (see {PROG} --help)")
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")

@@ -9,7 +9,8 @@ data_dir/<name>-events/: `{train,val}.bin` (token ids, uint16), `{train,val}_off
 (patient boundaries), `{train,val}_starts.npy` (where each patient and each event starts),
 `tokenizer.json` and, last, `meta.json`. MEDS's `tuning` split is the validation split; the
 `held_out` split is kept for `python -m gpt.events eval`. A prepared folder is reused when
-it was made from the same MEDS folder (and, when given, with the same tokenizer options).
+it was made from the same MEDS files (paths, sizes and modification times) and, when given,
+with the same tokenizer options.
 
 `PatientDataset.get_batch` never puts two patients in one row: each row is one patient's
 tokens, a random crop starting at an event (or at the patient's start) when the patient is
@@ -94,6 +95,7 @@ def prepare(source, out_dir, options=None, force=False, data_dir="data"):
     meds_dir = str(meds_dir.resolve())
     meta = _read_meta(out_dir)
     if (not force and meta is not None and meta.get("meds_dir") == meds_dir
+            and meta.get("fingerprint") == fingerprint(meds_dir)
             and (options is None or meta.get("options") == {**DEFAULT_OPTIONS, **options})):
         return out_dir
     options = {**DEFAULT_OPTIONS, **(options or {})}
@@ -121,10 +123,19 @@ def prepare(source, out_dir, options=None, force=False, data_dir="data"):
         counts[ours] = {"patients": len(splits[theirs]), "events": splits[theirs].n_events,
                         "tokens": int(len(enc.ids))}
     tok.save(out_dir / "tokenizer.json")
-    meta = {"kind": "events", "meds_dir": meds_dir, "options": options, "synthetic": info,
+    meta = {"kind": "events", "meds_dir": meds_dir, "fingerprint": fingerprint(meds_dir),
+            "options": options, "synthetic": info,
             "vocab_size": tok.vocab_size, "splits": counts, "dtype": "uint16"}
     _write_atomic(out_dir / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return out_dir
+
+
+def fingerprint(meds_dir):
+    """[path, size, mtime] of every parquet file of a MEDS folder: what a prepared folder was
+    made from."""
+    root = Path(meds_dir)
+    return [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(root.rglob("*.parquet"))]
 
 
 def _read_meta(out_dir):

@@ -264,7 +264,6 @@ class SyntheticEHR:
         self.drug_idx = slice(len(dx) + 1, len(dx) + 1 + len(drugs))
         self.lab_idx = slice(len(dx) + 1 + len(drugs), K)
         self.death = self.index[DEATH]
-        self.labs = LABS
         self.lab_of = np.full(K, -1)  # code index -> lab number
         self.lab_of[self.lab_idx] = np.arange(L)
 
@@ -302,9 +301,14 @@ class SyntheticEHR:
         self.high_cols = np.array([self.f[f"high:{lab}"] for lab in labs])
         # contiguous transposes: feats @ W.T through a strided view is twice as slow
         self.Wt, self.once_t, self.Mt = (np.ascontiguousarray(m.T) for m in (self.W, self.once, self.M))
-        for name in ("mean", "sd", "rho", "decimals", "threshold", "log", "low"):
-            setattr(self, f"lab_{'mu' if name == 'mean' else name}",
-                    np.array([getattr(lab, name) for lab in LABS]))
+        # the labs' parameters as arrays indexed by lab number
+        self.lab_mu = np.array([lab.mean for lab in LABS])
+        self.lab_sd = np.array([lab.sd for lab in LABS])
+        self.lab_rho = np.array([lab.rho for lab in LABS])
+        self.lab_decimals = np.array([lab.decimals for lab in LABS])
+        self.lab_threshold = np.array([lab.threshold for lab in LABS])
+        self.lab_log = np.array([lab.log for lab in LABS])
+        self.lab_low = np.array([lab.low for lab in LABS])
 
         # what each event switches on / off (apply): chronic diagnosis -> has + pending drugs,
         # acute diagnosis -> pending drugs, drug -> not pending (+ on if chronic)
