@@ -406,10 +406,13 @@ def test_events_cli_eval_and_sample(trained, capsys):
     assert "perplexity" in text and "truth" in text and (out / "events_eval_held_out.json").is_file()
     assert r["model"]["kl_from_truth"] >= 0
     r = main(["sample", f"--out_dir={out}", "--max_subjects=12", "--num_samples=3", "--days=200",
-              "--truth_sims=20", "--max_new_tokens=48", "--device=cpu", "--code=LAB//8480-6"])
+              "--truth_sims=20", "--max_new_tokens=48", "--device=cpu",
+              "--code=LAB//8480-6,ICD10CM//I10"])
     text = capsys.readouterr().out
-    assert "AUROC" in text and "sampled future" in text
-    assert r["patients"] == 12 and 0.0 <= r["mean_estimate"] <= 1.0
+    assert "AUROC" in text and "sampled future" in text and (out / "events_sample.json").is_file()
+    assert r["patients"] == 12 and list(r["outcomes"]) == ["LAB//8480-6", "ICD10CM//I10"]
+    for o in r["outcomes"].values():
+        assert 0.0 <= o["mean_estimate"] <= 1.0 and 0.0 <= o["mean_truth"] <= 1.0
     with pytest.raises(UsageError, match="not in the model's vocabulary"):
         main(["sample", f"--out_dir={out}", "--code=NOPE//1", "--device=cpu"])
 

@@ -46,8 +46,9 @@ COMMANDS = {
     )),
     "sample": ("sample futures of held-out patients; AUROC of P(code within N days)", dict(
         out_dir=Opt("out", "a train.py run on an events dataset"),
-        code=Opt("ICD10CM//I10", "code(s) of interest, comma-separated (default: a new "
-                 "hypertension diagnosis)"),
+        code=Opt("ICD10CM//I10,ICD10CM//E11.9,ICD10CM//N39.0,ICD10CM//J06.9,ATC//C10AA05",
+                 "codes of interest, comma-separated: one outcome each, scored on the same "
+                 "sampled futures"),
         days=Opt(365.0, "prediction window after the landmark, in days", gt=0),
         landmark_days=Opt(365.0, "predict after the last event this long after the record's "
                           "start", ge=0),
@@ -73,9 +74,18 @@ def _device(name):
     return name
 
 
+def _no_nan(obj):
+    """NaN (an undefined AUROC) as null: JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
 def _write_json(path, obj):
     tmp = Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(_no_nan(obj), indent=2))
     os.replace(tmp, path)
 
 
@@ -159,7 +169,7 @@ def cmd_eval(cfg):
 
 
 def cmd_sample(cfg):
-    from gpt.events.evaluate import outcome_auroc
+    from gpt.events.evaluate import landmarks, outcome_auroc
 
     codes = [c.strip() for c in cfg["code"].split(",") if c.strip()]
     if not codes:
@@ -169,36 +179,53 @@ def cmd_sample(cfg):
     if unknown:
         raise UsageError(f"--code: {', '.join(unknown)} not in the model's vocabulary "
                          f"(rarer than min_count in train?)")
-    from gpt.events.evaluate import landmarks
-
     eligible = np.flatnonzero(landmarks(timelines, cfg["landmark_days"], cfg["days"]) > 0)
     if cfg["max_subjects"]:
         eligible = eligible[: cfg["max_subjects"]]
     timelines = timelines.select(eligible)
     torch.manual_seed(cfg["seed"])
     shown = []
+    bar = None
+    if sys.stderr.isatty():  # a bar only on a terminal, as train.py
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(timelines), unit="patient", dynamic_ncols=True)
 
     def show(i, prompt, futures):
+        if bar is not None:
+            bar.update(1)
         if len(shown) >= cfg["show"]:
             return
         shown.append(i)
-        print(f"patient {timelines.subject_id[i]}: last events of the prompt")
-        print("\n".join(tok.decode(prompt).splitlines()[-4:]))
+        write = bar.write if bar is not None else print
+        write(f"patient {timelines.subject_id[i]}: last events of the prompt")
+        write("\n".join(tok.decode(prompt).splitlines()[-4:]))
         for f in futures[:3]:
-            print(f"  sampled future (times after the prompt's last event, {cfg['days']:g} days):")
-            print("\n".join("  " + line for line in tok.decode([tok.timeline_token, *f]).splitlines()))
+            write(f"  sampled future (times after the prompt's last event, {cfg['days']:g} days):")
+            write("\n".join("  " + line for line in tok.decode([tok.timeline_token, *f]).splitlines()))
 
     r = outcome_auroc(model, tok, timelines, codes, cfg["days"], cfg["landmark_days"],
                       cfg["num_samples"], cfg["max_new_tokens"], cfg["temperature"], device,
                       process, cfg["truth_sims"], cfg["seed"], on_patient=show)
-    print(f"P({' or '.join(codes)} within {cfg['days']:g} days) after a {cfg['landmark_days']:g}-day "
-          f"landmark: {r['patients']} patients, {r['positives']} with the code")
-    print(f"  model ({cfg['num_samples']} samples each): AUROC {r['auroc_model']:.3f}, "
-          f"mean estimate {r['mean_estimate']:.3f} vs observed {r['observed_rate']:.3f}, "
-          f"Brier {r['brier_model']:.4f}")
-    if "auroc_truth" in r:
-        print(f"  true process ({cfg['truth_sims']} simulations each): AUROC {r['auroc_truth']:.3f}, "
-              f"Brier {r['brier_truth']:.4f}; correlation model vs truth {r['corr_model_truth']:.3f}")
+    if bar is not None:
+        bar.close()
+    truth = "auroc_truth" in next(iter(r["outcomes"].values()))
+    print(f"P(code within {cfg['days']:g} days) after a {cfg['landmark_days']:g}-day landmark: "
+          f"{r['patients']} patients, {cfg['num_samples']} sampled futures each"
+          + (f"; truth from {cfg['truth_sims']} simulations of the true process" if truth else ""))
+    k = cfg["num_samples"]
+    print(f"  {'code':<16} {'positives':>9} {'observed':>8} | model: {'mean':>5} {'AUROC':>6} "
+          f"{'Brier':>6}" + (f" | truth: {'mean':>5} {'AUROC':>6} {'Brier':>6} {f'AUROC@{k}':>9}"
+                             if truth else ""))
+    for code, o in r["outcomes"].items():
+        line = (f"  {code:<16} {o['positives']:9d} {o['observed_rate']:8.3f} |        "
+                f"{o['mean_estimate']:5.3f} {o['auroc_model']:6.3f} {o['brier_model']:6.4f}")
+        if truth:
+            line += (f" |        {o['mean_truth']:5.3f} {o['auroc_truth']:6.3f} {o['brier_truth']:6.4f} "
+                     f"{o['auroc_truth_same_samples']:9.3f}")
+        print(line)
+    if truth:
+        print(f"  (AUROC@{k}: the true process seen through {k} futures per patient, as the model is)")
     path = Path(cfg["out_dir"]) / "events_sample.json"
     _write_json(path, {**r, "split": cfg["split"]})
     print(f"written {path}")

@@ -15,10 +15,10 @@ context) and reports:
 
 `outcome_auroc` continues held-out timelines: for each eligible patient the prompt is the
 record up to the last event at or before `landmark_days` after the record's start; the model
-samples `num_samples` futures until `days` have passed (or [EOS]); the fraction of futures in
-which a code of interest occurs estimates its probability; the AUROC of that estimate against
-what really followed is reported (and, on the synthetic dataset, the AUROC of the true
-probability, estimated by simulating the true process from each patient's state).
+samples `num_samples` futures until `days` have passed (or [EOS]); for each code of interest
+the fraction of futures in which it occurs estimates its probability, and the AUROC of that
+estimate against what really followed is reported (and, on the synthetic dataset, the AUROC of
+the true probability, estimated by simulating the true process from each patient's state).
 """
 
 from __future__ import annotations
@@ -195,10 +195,10 @@ def continue_timeline(model, tok, prompt, num_samples, horizon_minutes, max_new_
     return [row[:n] for row, n in zip(new, length.cpu().tolist())]
 
 
-def occurs(tok, new_ids, codes, horizon_minutes):
-    """Whether one of `codes` is among the events of a continuation within the horizon."""
+def codes_within(tok, new_ids, horizon_minutes):
+    """The set of codes among the events of a continuation within the horizon."""
     events = tok.decode_events([tok.timeline_token, *new_ids])
-    return any(c in codes and t is not None and t <= horizon_minutes for t, c, _ in events)
+    return {c for t, c, _ in events if t is not None and t <= horizon_minutes}
 
 
 def landmarks(timelines, landmark_days, days, death_code="MEDS_DEATH", skip=("MEDS_BIRTH",)):
@@ -227,57 +227,75 @@ def landmarks(timelines, landmark_days, days, death_code="MEDS_DEATH", skip=("ME
 def outcome_auroc(model, tok, timelines, codes, days=365.0, landmark_days=365.0, num_samples=20,
                   max_new_tokens=256, temperature=1.0, device="cpu", process=None, truth_sims=0,
                   seed=0, on_patient=None):
-    """Probability of `codes` within `days` after each eligible patient's landmark prompt:
-    model estimate (fraction of sampled futures), real outcome, optionally the true probability
-    (process: a SyntheticEHR; truth_sims futures of the true process per patient).
+    """P(code within `days` after each eligible patient's landmark prompt), for each code of
+    `codes` from the same sampled futures: the model's estimate (fraction of futures with the
+    code), the real outcome, AUROC and Brier score; with `process` (a SyntheticEHR) also the
+    true probability from `truth_sims` simulated futures of the true process per patient.
     on_patient(i, prompt_ids, futures) is called for each patient (e.g. to print some)."""
-    codes = set(codes)
+    codes = list(codes)
     cut = landmarks(timelines, landmark_days, days)
-    eligible = np.flatnonzero(cut > 0)
+    rows = np.flatnonzero(cut > 0)
     horizon = days * 1440.0
-    estimate, label, rows = [], [], []
-    for i in eligible:
+    estimate = np.zeros((len(rows), len(codes)))
+    label = np.zeros((len(rows), len(codes)), dtype=bool)
+    for r, i in enumerate(rows):
         times, cs, values = timelines.patient(i)
         n = int(cut[i])
         ids, _ = tok.encode_patient(times[:n], cs[:n], values[:n], timelines.static(i)[:n])
         prompt = ids[:-1]  # without [EOS]: the record goes on
         futures = continue_timeline(model, tok, prompt, num_samples, horizon, max_new_tokens,
                                     temperature, device)
-        estimate.append(np.mean([occurs(tok, f, codes, horizon) for f in futures]))
+        seen = [codes_within(tok, f, horizon) for f in futures]
+        estimate[r] = [np.mean([c in s for s in seen]) for c in codes]
         t_p = times[n - 1]
-        later = (times[n:] > t_p) & (times[n:] <= t_p + int(days * 86_400e6))
-        label.append(bool(np.isin(cs[n:][later], list(codes)).any()))
-        rows.append(i)
+        later = set(cs[n:][(times[n:] > t_p) & (times[n:] <= t_p + int(days * 86_400e6))])
+        label[r] = [c in later for c in codes]
         if on_patient is not None:
             on_patient(i, prompt, futures)
-    estimate, label = np.array(estimate), np.array(label, dtype=bool)
-    result = {"code": sorted(codes), "days": days, "landmark_days": landmark_days,
-              "num_samples": num_samples, "patients": int(len(rows)),
-              "positives": int(label.sum()), "auroc_model": auroc(estimate, label),
-              "mean_estimate": float(estimate.mean()) if len(rows) else float("nan"),
-              "observed_rate": float(label.mean()) if len(rows) else float("nan"),
-              "brier_model": float(((estimate - label) ** 2).mean()) if len(rows) else float("nan")}
-    if process is not None and truth_sims > 0 and rows:
-        p_true = true_outcome_probability(process, timelines, rows, cut[rows], codes, days,
-                                          truth_sims, seed)
-        result["auroc_truth"] = auroc(p_true, label)
-        result["brier_truth"] = float(((p_true - label) ** 2).mean())
-        result["corr_model_truth"] = float(np.corrcoef(estimate, p_true)[0, 1]) \
-            if estimate.std() > 0 and p_true.std() > 0 else float("nan")
-    return result
+    truth = None
+    if process is not None and truth_sims > 0 and len(rows):
+        hits = true_outcome_probability(process, timelines, rows, cut[rows], codes, days,
+                                        max(truth_sims, num_samples), seed)
+        truth = hits.mean(axis=1)
+        # the truth seen through as few futures as the model gets: what sampling noise costs
+        truth_k = hits[:, :num_samples].mean(axis=1)
+    outcomes = {}
+    for k, code in enumerate(codes):
+        e, y = estimate[:, k], label[:, k]
+        o = {"positives": int(y.sum()), "observed_rate": _mean(y), "mean_estimate": _mean(e),
+             "auroc_model": auroc(e, y), "brier_model": _mean((e - y) ** 2)}
+        if truth is not None:
+            t = truth[:, k]
+            o |= {"mean_truth": _mean(t), "auroc_truth": auroc(t, y),
+                  "auroc_truth_same_samples": auroc(truth_k[:, k], y),
+                  "brier_truth": _mean((t - y) ** 2),
+                  "corr_model_truth": float(np.corrcoef(e, t)[0, 1])
+                  if e.std() > 0 and t.std() > 0 else float("nan")}
+        outcomes[code] = o
+    return {"days": days, "landmark_days": landmark_days, "num_samples": num_samples,
+            "truth_sims": truth_sims if truth is not None else 0, "patients": int(len(rows)),
+            "outcomes": outcomes}
+
+
+def _mean(x):
+    return float(np.mean(x)) if len(x) else float("nan")
 
 
 def true_outcome_probability(process, timelines, rows, n_rows, codes, days, sims, seed=0):
-    """P(one of codes within `days` after row n_rows[i] - 1 of patient rows[i]) under the true
-    synthetic process, by simulating `sims` futures from each patient's replayed state."""
+    """(len(rows), sims, len(codes)) bool: whether each code occurs within `days` after row
+    n_rows[i] - 1 of patient rows[i] in each of `sims` futures simulated by the true synthetic
+    process from the patient's replayed state; the mean over sims is the true probability (up
+    to Monte Carlo error: the process is memoryless, nothing else is needed)."""
     patients = [timelines.patient(i) for i in rows]
     _, state = process.replay(patients, stop=[n - 3 for n in n_rows])
-    k_codes = {process.index[c] for c in codes if c in process.index}
     rep = np.repeat(np.arange(len(rows)), sims)
-    sim_state = state.take(rep)
     rng = np.random.default_rng(seed)
-    ev_rows, _, ev_k, _ = process.simulate(sim_state, np.zeros(len(rep)),
+    ev_rows, _, ev_k, _ = process.simulate(state.take(rep), np.zeros(len(rep)),
                                            np.full(len(rep), float(days)), rng)
-    hit = np.zeros(len(rep), dtype=bool)
-    hit[ev_rows[np.isin(ev_k, list(k_codes))]] = True
-    return hit.reshape(len(rows), sims).mean(axis=1)
+    hits = np.zeros((len(rows), sims, len(codes)), dtype=bool)
+    for j, code in enumerate(codes):
+        hit = np.zeros(len(rep), dtype=bool)
+        if code in process.index:
+            hit[ev_rows[ev_k == process.index[code]]] = True
+        hits[:, :, j] = hit.reshape(len(rows), sims)
+    return hits
