@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import kernels
 from gpt import checkpoint as gckpt
 from gpt import data as gdata
+from gpt.events import data as events
 from gpt.cli import Opt, UsageError, check, defaults, parse, run_main
 from gpt.model import GPT, GPTConfig
 
@@ -38,7 +39,8 @@ from gpt.model import GPT, GPTConfig
 OPTIONS = {
     "data": dict(
         dataset=Opt("shakespeare_char", "a named dataset (shakespeare_char, shakespeare, "
-                    "tinyshakespeare) or a path to a text file / folder of .txt files"),
+                    "tinyshakespeare), a path to a text file / folder of .txt files, or patient "
+                    "timelines: synthetic_ehr or meds:<MEDS folder>"),
         tokenizer=Opt("", "char | bpe | gpt2; empty: the dataset's default (char)",
                       choices=("", "char", "bpe", "gpt2")),
         bpe_vocab_size=Opt(1024, "vocabulary size when --tokenizer=bpe", ge=257),
@@ -132,6 +134,11 @@ def get_lr(it, cfg):
 def dataset_source(cfg):
     """(name for the data folder, source for gpt.data, default tokenizer) of --dataset."""
     name = cfg["dataset"]
+    if events.is_event_dataset(name):  # patient timelines: gpt.events tokenizes them
+        if cfg["tokenizer"]:
+            raise UsageError(f"--tokenizer={cfg['tokenizer']} does not apply to --dataset={name} "
+                             f"(event timelines have their own tokenizer; leave it empty)")
+        return (*events.dataset_source(name), "events")
     if name in DATASETS:
         return (name, *DATASETS[name])
     path = Path(name)
@@ -203,6 +210,9 @@ def check_config(cfg):
 def prepare_data(cfg):
     """Tokenize the dataset into data_dir/<name>-<tokenizer>/ once; return that folder."""
     name, source, default_tok = dataset_source(cfg)
+    if default_tok == "events":
+        return events.prepare(source, Path(cfg["data_dir"]) / f"{name}-events",
+                              data_dir=cfg["data_dir"])
     tok = cfg["tokenizer"] or default_tok
     suffix = f"-{cfg['bpe_vocab_size']}" if tok == "bpe" else ""
     data_dir = Path(cfg["data_dir"]) / f"{name}-{tok}{suffix}"
@@ -297,11 +307,14 @@ def plot_losses(metrics_path, png_path):
 
 
 def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
-    """A few samples from the trained model, started from a newline (or end-of-text)."""
+    """A few samples from the trained model, started from a newline (or end-of-text; a patient
+    timeline from its start token)."""
     try:
         start = tokenizer.encode("\n")
     except ValueError:
         start = []
+    if getattr(tokenizer, "bos_token", None) is not None:
+        start = [tokenizer.bos_token]
     if not start:
         start = [tokenizer.eot_token if tokenizer.eot_token is not None else 0]
     x = torch.tensor([start], dtype=torch.long, device=device)
@@ -362,8 +375,11 @@ def load_data(cfg, run):
         dist.barrier()
     if not run.master:
         data_dir = prepare_data(cfg)  # finds the prepared files and returns at once
-    tokenizer = gdata.load_data_tokenizer(data_dir)
-    datasets = {s: gdata.TokenDataset(data_dir, s) for s in ("train", "val")}
+    if events.is_event_dataset(cfg["dataset"]):
+        tokenizer, datasets = events.load_splits(data_dir)  # one patient per row, padded
+    else:
+        tokenizer = gdata.load_data_tokenizer(data_dir)
+        datasets = {s: gdata.TokenDataset(data_dir, s) for s in ("train", "val")}
     for split, ds in datasets.items():
         if len(ds) <= cfg["block_size"]:
             raise UsageError(f"--block_size={cfg['block_size']} is too long for {data_dir}: "

@@ -464,11 +464,16 @@ _TYPES = {"char": CharTokenizer, "bpe": BPETokenizer, "gpt2": GPT2Tokenizer}
 
 
 def load_tokenizer(path):
-    """Restore a tokenizer written by `tok.save(path)` (any kind)."""
+    """Restore a tokenizer written by `tok.save(path)` (any kind, patient events included)."""
     d = json.loads(Path(path).read_text(encoding="utf-8"))
     kind = d.get("type") if isinstance(d, dict) else None
+    if kind == "events":  # imported here: text users never load the events package
+        from gpt.events.tokenizer import EventTokenizer
+
+        return EventTokenizer.from_dict(d)
     if kind not in _TYPES:
-        raise ValueError(f"{path}: unknown tokenizer type {kind!r}; expected one of {list(_TYPES)}")
+        raise ValueError(f"{path}: unknown tokenizer type {kind!r}; expected one of "
+                         f"{[*_TYPES, 'events']}")
     return _TYPES[kind].from_dict(d)
 
 

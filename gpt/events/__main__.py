@@ -1,0 +1,256 @@
+"""Patient timelines: generate the synthetic MEDS dataset, tokenize, evaluate, sample futures.
+
+    python -m gpt.events generate --out=ehr_meds --n_subjects=10000
+    python -m gpt.events prepare --dataset=meds:ehr_meds --split_codes=True
+    python -m gpt.events eval --out_dir=out-ehr
+    python -m gpt.events sample --out_dir=out-ehr --code=ICD10CM//I10 --days=365
+
+`python -m gpt.events <command> --help` lists a command's options.
+"""
+
+import json
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt.cli import Opt, UsageError, parse, run_main
+
+PROG = "python -m gpt.events"
+
+COMMANDS = {
+    "generate": ("write the synthetic MEDS dataset (known ground truth)", dict(
+        out=Opt("", "folder to write (must not exist, or be empty, unless --force)"),
+        n_subjects=Opt(10_000, "patients (80% train, 10% tuning, 10% held_out)", ge=10),
+        seed=Opt(0, "random seed"),
+        force=Opt(False, "replace an existing folder"),
+    )),
+    "prepare": ("validate a MEDS dataset and tokenize it for train.py", dict(
+        dataset=Opt("synthetic_ehr", "synthetic_ehr or meds:<MEDS folder>"),
+        data_dir=Opt("data", "writes data_dir/<name>-events/ (where train.py looks)"),
+        min_count=Opt(5, "codes seen fewer times in train become [UNK]", ge=1),
+        n_value_bins=Opt(10, "quantile bins per numeric code", ge=2, le=100),
+        split_codes=Opt(False, "ICD-10 and ATC codes as two tokens: category + rest"),
+        force=Opt(False, "tokenize again even if the folder is up to date"),
+    )),
+    "eval": ("held-out perplexity and next-event accuracy vs baselines and the truth", dict(
+        out_dir=Opt("out", "a train.py run on an events dataset"),
+        split=Opt("held_out", "MEDS split to evaluate", choices=("held_out", "tuning", "train")),
+        meds_dir=Opt("", "MEDS folder (default: the one the tokenizer was fitted on)"),
+        max_subjects=Opt(0, "evaluate the first N patients only; 0: all", ge=0),
+        batch_size=Opt(32, "windows per forward pass", ge=1),
+        device=Opt("auto", "auto, cpu, cuda, cuda:N"),
+    )),
+    "sample": ("sample futures of held-out patients; AUROC of P(code within N days)", dict(
+        out_dir=Opt("out", "a train.py run on an events dataset"),
+        code=Opt("ICD10CM//I10,ICD10CM//E11.9,ICD10CM//N39.0,ICD10CM//J06.9,ATC//C10AA05",
+                 "codes of interest, comma-separated: one outcome each, scored on the same "
+                 "sampled futures"),
+        days=Opt(365.0, "prediction window after the landmark, in days", gt=0),
+        landmark_days=Opt(365.0, "predict after the last event this long after the record's "
+                          "start", ge=0),
+        num_samples=Opt(20, "sampled futures per patient", ge=1),
+        max_subjects=Opt(300, "eligible held-out patients to score; 0: all", ge=0),
+        max_new_tokens=Opt(256, "token budget of one sampled future", ge=1),
+        temperature=Opt(1.0, "sampling temperature (1 = the model's own distribution)", gt=0),
+        truth_sims=Opt(200, "synthetic data only: futures of the true process per patient", ge=0),
+        show=Opt(1, "print this many patients' prompt ends and sampled futures", ge=0),
+        split=Opt("held_out", "MEDS split to sample from", choices=("held_out", "tuning", "train")),
+        meds_dir=Opt("", "MEDS folder (default: the one the tokenizer was fitted on)"),
+        seed=Opt(1337, "random seed"),
+        device=Opt("auto", "auto, cpu, cuda, cuda:N"),
+    )),
+}
+
+
+def _device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device={name} but CUDA is not available (use --device=cpu)")
+    return name
+
+
+def _no_nan(obj):
+    """NaN (an undefined AUROC) as null: JSON has no NaN."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def _write_json(path, obj):
+    tmp = Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_no_nan(obj), indent=2))
+    os.replace(tmp, path)
+
+
+def _load_run(cfg):
+    """(model, tokenizer, held-out Timelines, synthetic process or None) of --out_dir."""
+    from gpt.events.meds_data import read_split
+    from gpt.events.synthetic import SyntheticEHR, synthetic_info
+    from gpt.events.tokenizer import EventTokenizer
+    from gpt.sample import load_checkpoint
+
+    out_dir = Path(cfg["out_dir"])
+    if not (out_dir / "ckpt.pt").is_file():
+        raise UsageError(f"--out_dir={out_dir} has no ckpt.pt: train first "
+                         f"(python train.py --dataset=synthetic_ehr --out_dir={out_dir})")
+    device = _device(cfg["device"])
+    model, tok = load_checkpoint(out_dir, device)
+    if not isinstance(tok, EventTokenizer):
+        raise UsageError(f"--out_dir={out_dir} was trained on text ({tok.name} tokenizer), not on "
+                         f"patient timelines")
+    meds_dir = cfg["meds_dir"] or tok.source.get("meds_dir", "")
+    if not meds_dir or not Path(meds_dir).is_dir():
+        raise UsageError(f"the MEDS folder {meds_dir!r} is gone: pass --meds_dir=<folder>")
+    timelines = read_split(meds_dir, cfg["split"])
+    if not len(timelines):
+        raise UsageError(f"{meds_dir} has no {cfg['split']} patients")
+    process = SyntheticEHR() if synthetic_info(meds_dir) else None
+    return model, tok, timelines, process, device
+
+
+def cmd_generate(cfg):
+    from gpt.events.synthetic import write_synthetic
+
+    if not cfg["out"]:
+        raise UsageError("--out=<folder> is required")
+    out = Path(cfg["out"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg["force"]:
+        raise UsageError(f"--out={out} exists and is not empty (pass --force=True to replace it)")
+    write_synthetic(out, n_subjects=cfg["n_subjects"], seed=cfg["seed"], force=cfg["force"])
+    print(f"{out}: synthetic MEDS dataset, {cfg['n_subjects']:,} patients (seed {cfg['seed']})")
+
+
+def cmd_prepare(cfg):
+    from gpt.events import data
+
+    name, source = data.dataset_source(cfg["dataset"])
+    options = {k: cfg[k] for k in ("min_count", "n_value_bins", "split_codes")}
+    out = data.prepare(source, Path(cfg["data_dir"]) / f"{name}-events", options=options,
+                       force=cfg["force"], data_dir=cfg["data_dir"])
+    meta = json.loads((out / "meta.json").read_text())
+    sizes = ", ".join(f"{s} {v['patients']:,} patients / {v['tokens']:,} tokens"
+                      for s, v in meta["splits"].items())
+    print(f"{out}: vocab_size {meta['vocab_size']}, {sizes}")
+
+
+def cmd_eval(cfg):
+    from gpt.events.evaluate import next_event_metrics
+
+    model, tok, timelines, process, device = _load_run(cfg)
+    if cfg["max_subjects"]:
+        timelines = timelines.select(np.arange(min(cfg["max_subjects"], len(timelines))))
+    truth, events = None, None
+    if process is not None:  # score the process events (after sex, birth and intake BMI)
+        probs, _ = process.replay([timelines.patient(i) for i in range(len(timelines))])
+        truth = (np.concatenate(probs), process.codes)
+        row = np.arange(timelines.n_events) - np.repeat(timelines.offsets[:-1], np.diff(timelines.offsets))
+        events = row >= 3
+    r = next_event_metrics(model, tok, timelines, cfg["batch_size"], device, truth, events)
+    print(f"{cfg['split']}: {r['patients']:,} patients, {r['tokens']:,} tokens, {r['events']:,} events")
+    print(f"perplexity {r['perplexity']:.3f} (nll/token {r['nll_per_token']:.4f}; by kind: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in r["nll_by_kind"].items()) + ")")
+    print(f"next event (code)   {'top-1':>7} {'top-10':>7} {'nll':>7} {'KL(true||.)':>12}")
+    for name in ("model", "frequency", "truth"):
+        if name in r:
+            s = r[name]
+            kl = f"{s['kl_from_truth']:12.4f}" if "kl_from_truth" in s else " " * 12
+            print(f"  {name:<17} {s['top1']:7.3f} {s['top10']:7.3f} {s['nll']:7.3f} {kl}")
+    path = Path(cfg["out_dir"]) / f"events_eval_{cfg['split']}.json"
+    _write_json(path, {**r, "split": cfg["split"]})
+    print(f"written {path}")
+    return r
+
+
+def cmd_sample(cfg):
+    from gpt.events.evaluate import landmarks, outcome_auroc
+
+    codes = [c.strip() for c in cfg["code"].split(",") if c.strip()]
+    if not codes:
+        raise UsageError("--code needs at least one code")
+    model, tok, timelines, process, device = _load_run(cfg)
+    unknown = [c for c in codes if tok.unk_token in tok.code_ids(c)]
+    if unknown:
+        raise UsageError(f"--code: {', '.join(unknown)} not in the model's vocabulary "
+                         f"(rarer than min_count in train?)")
+    eligible = np.flatnonzero(landmarks(timelines, cfg["landmark_days"], cfg["days"]) > 0)
+    if cfg["max_subjects"]:
+        eligible = eligible[: cfg["max_subjects"]]
+    timelines = timelines.select(eligible)
+    torch.manual_seed(cfg["seed"])
+    shown = []
+    bar = None
+    if sys.stderr.isatty():  # a bar only on a terminal, as train.py
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(timelines), unit="patient", dynamic_ncols=True)
+
+    def show(i, prompt, futures):
+        if bar is not None:
+            bar.update(1)
+        if len(shown) >= cfg["show"]:
+            return
+        shown.append(i)
+        write = bar.write if bar is not None else print
+        write(f"patient {timelines.subject_id[i]}: last events of the prompt")
+        write("\n".join(tok.decode(prompt).splitlines()[-4:]))
+        for f in futures[:3]:
+            write(f"  sampled future (times after the prompt's last event, {cfg['days']:g} days):")
+            write("\n".join("  " + line for line in tok.decode([tok.timeline_token, *f]).splitlines()))
+
+    r = outcome_auroc(model, tok, timelines, codes, cfg["days"], cfg["landmark_days"],
+                      cfg["num_samples"], cfg["max_new_tokens"], cfg["temperature"], device,
+                      process, cfg["truth_sims"], cfg["seed"], on_patient=show)
+    if bar is not None:
+        bar.close()
+    truth = "auroc_truth" in next(iter(r["outcomes"].values()))
+    print(f"P(code within {cfg['days']:g} days) after a {cfg['landmark_days']:g}-day landmark: "
+          f"{r['patients']} patients, {cfg['num_samples']} sampled futures each"
+          + (f"; truth from {cfg['truth_sims']} simulations of the true process" if truth else ""))
+    k = cfg["num_samples"]
+    print(f"  {'code':<16} {'positives':>9} {'observed':>8} | model: {'mean':>5} {'AUROC':>6} "
+          f"{'Brier':>6}" + (f" | truth: {'mean':>5} {'AUROC':>6} {'Brier':>6} {f'AUROC@{k}':>9}"
+                             if truth else ""))
+    for code, o in r["outcomes"].items():
+        line = (f"  {code:<16} {o['positives']:9d} {o['observed_rate']:8.3f} |        "
+                f"{o['mean_estimate']:5.3f} {o['auroc_model']:6.3f} {o['brier_model']:6.4f}")
+        if truth:
+            line += (f" |        {o['mean_truth']:5.3f} {o['auroc_truth']:6.3f} {o['brier_truth']:6.4f} "
+                     f"{o['auroc_truth_same_samples']:9.3f}")
+        print(line)
+    if truth:
+        print(f"  (AUROC@{k}: the true process seen through {k} futures per patient, as the model is)")
+    path = Path(cfg["out_dir"]) / "events_sample.json"
+    _write_json(path, {**r, "split": cfg["split"]})
+    print(f"written {path}")
+    return r
+
+
+HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, "sample": cmd_sample}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        if argv:
+            print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
+                f"  {name:<9} {help_}" for name, (help_, _) in COMMANDS.items()))
+            return None
+        raise UsageError(f"expected a command: {', '.join(COMMANDS)} (see {PROG} --help)")
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    help_, options = COMMANDS[command]
+    cfg = parse(rest, options, prog=f"{PROG} {command}", description=help_)
+    with torch.no_grad() if command in ("eval", "sample") else nullcontext():
+        return HANDLERS[command](cfg)
+
+
+if __name__ == "__main__":
+    run_main(main, PROG)
