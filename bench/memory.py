@@ -283,14 +283,25 @@ def meter_step(config, path, batch_size, block_size, dtype, parallel="none", wor
             "parts": parts, "groups": groups, "params": n_params}
 
 
-def largest_batch(config, path, block_size, dtype, budget_bytes, limit=1 << 16, **setup):
-    """The largest micro-batch whose metered peak fits budget_bytes (0 if none).
+def batch_limit(config, path):
+    """The largest micro-batch a path can launch at all: the Triton attention kernel puts
+    B * n_head programs on one grid axis, which CUDA caps at 65535."""
+    if path == "triton":
+        from kernels.attention import _MAX_GRID_Y
+        return _MAX_GRID_Y // config.n_head
+    return 1 << 16
+
+
+def largest_batch(config, path, block_size, dtype, budget_bytes, limit=None, **setup):
+    """The largest micro-batch whose metered peak fits budget_bytes (0 if none), at most
+    ``limit`` (default: ``batch_limit``).
 
     The peak grows about linearly with the batch (activations), so secant steps from two
     small probes land next to the answer; bisection between the largest batch seen to fit
     and the smallest seen not to then pins it exactly: peak(b) <= budget < peak(b + 1),
     both metered. Usually five or six fake steps.
     """
+    limit = limit or batch_limit(config, path)
     peaks = {}
 
     def peak(b):

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -63,6 +64,9 @@ def test_per_rank_memory_with_fsdp_ddp_and_checkpointing():
     assert fsdp_ac["groups"]["activations"] < 0.7 * fsdp["groups"]["activations"]
 
 
+ONE_HEAD = SimpleNamespace(n_head=1)
+
+
 @pytest.mark.parametrize("peak_of", [
     lambda b: 1000 + 37 * b,  # linear, as activations are
     lambda b: 1000 + 30 * b + (200 if b > 20 else 0),  # a jump the prediction misses
@@ -73,7 +77,16 @@ def test_largest_batch_is_exact(monkeypatch, peak_of):
                         lambda config, path, b, t, dtype, **setup: {"peak_bytes": peak_of(b)})
     for budget in (999, 1037, 2000, 5000, 10**6):
         want = max((b for b in range(1, 40000) if peak_of(b) <= budget), default=0)
-        assert memory.largest_batch(None, "triton", 64, torch.float32, budget) == want, budget
+        assert memory.largest_batch(ONE_HEAD, "triton", 64, torch.float32, budget) == want, budget
+
+
+def test_largest_batch_stops_at_the_attention_grid_limit(monkeypatch):
+    # B * n_head programs on one CUDA grid axis (at most 65535): a bigger batch cannot launch
+    monkeypatch.setattr(memory, "meter_step",
+                        lambda config, path, b, t, dtype, **setup: {"peak_bytes": 1000 + b})
+    config = SimpleNamespace(n_head=25)
+    assert memory.largest_batch(config, "triton", 64, torch.float32, 10**9) == 65535 // 25
+    assert memory.largest_batch(config, "torch", 64, torch.float32, 10**9) == 1 << 16
 
 
 @pytest.mark.parametrize("text, expected", [("80GiB", 80 * 2**30), ("40GB", 40 * 10**9),
