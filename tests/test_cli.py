@@ -183,3 +183,13 @@ def test_a_bug_keeps_its_traceback():
 
     with pytest.raises(ZeroDivisionError):
         run_main(buggy, "prog", [])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_file_is_a_valid_train_config(path, monkeypatch):
+    # the README's recipes: every name an option of train.py, every value in range, the
+    # combinations allowed (an FSDP recipe as torchrun would start it, on 8 processes)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    cfg = train.parse([str(path), "--device=cpu"], train.OPTIONS, prog="train.py")
+    train.check_config(cfg)
+    assert cfg["gradient_accumulation_steps"] % (8 if cfg["fsdp"] else 1) == 0
