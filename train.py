@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import kernels
+from gpt import checkpoint as gckpt
 from gpt import data as gdata
 from gpt.cli import Opt, UsageError, check, defaults, parse, run_main
 from gpt.model import GPT, GPTConfig
@@ -41,8 +42,8 @@ OPTIONS = {
         tokenizer=Opt("", "char | bpe | gpt2; empty: the dataset's default (char)",
                       choices=("", "char", "bpe", "gpt2")),
         bpe_vocab_size=Opt(1024, "vocabulary size when --tokenizer=bpe", ge=257),
-        gpt2_ranks=Opt("", "path to GPT-2's ranks file (r50k_base.tiktoken) for "
-                       "--tokenizer=gpt2 offline; empty: tiktoken's own (downloads once)"),
+        gpt2_ranks=Opt("", "GPT-2's ranks file (r50k_base.tiktoken) for --tokenizer=gpt2; "
+                       "empty: tiktoken's (downloads once), else a copy cached with pip"),
         data_dir=Opt("data", "prepared token files go to data_dir/<dataset>-<tokenizer>/"),
         batch_size=Opt(12, "sequences per micro-batch, per process", ge=1),
         block_size=Opt(64, "context length in tokens", ge=1),
@@ -83,6 +84,8 @@ OPTIONS = {
                                    "loss improves"),
         init_from=Opt("scratch", "scratch, or resume from out_dir/ckpt.pt",
                       choices=("scratch", "resume")),
+        plot=Opt(True, "write loss.png at each evaluation and at the end (matplotlib: about "
+                 "1 s of CPU a run)"),
         num_samples=Opt(2, "samples printed at the end", ge=0),
         sample_tokens=Opt(300, "tokens per sample", ge=0),
     ),
@@ -91,6 +94,10 @@ OPTIONS = {
         dtype=Opt("auto", "auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
                   choices=("auto", "float32", "bfloat16", "float16")),
         compile=Opt(False, "torch.compile the model"),
+        fsdp=Opt(False, "shard weights, gradients and AdamW state over the torchrun processes "
+                 "(FSDP2; bf16 compute, fp32 master weights and reductions) instead of DDP"),
+        activation_checkpointing=Opt(False, "recompute each block in backward: activation "
+                                     "memory of one block instead of all, ~1/3 more compute"),
         seed=Opt(1337, "random seed (each torchrun process adds its rank)"),
         progress=Opt(True, "progress bar (only when the output is a terminal)"),
     ),
@@ -173,10 +180,24 @@ def check_config(cfg):
             and os.environ.get("TRITON_INTERPRET") != "1"):
         raise UsageError("--kernels=triton needs a CUDA device; on a CPU use --kernels=auto/torch, "
                          "or TRITON_INTERPRET=1 to run the Triton kernels in Triton's interpreter")
-    ckpt = Path(cfg["out_dir"]) / "ckpt.pt"
-    if cfg["init_from"] == "resume" and not ckpt.exists():
-        raise UsageError(f"--init_from=resume but {ckpt} does not exist "
-                         f"(train once with --out_dir={cfg['out_dir']} first)")
+    if cfg["fsdp"]:
+        if int(os.environ.get("WORLD_SIZE", -1)) == -1:
+            raise UsageError("--fsdp=True shards over torchrun's processes: launch it as "
+                             "torchrun --nproc_per_node=N train.py --fsdp=True ...")
+        if cfg["dtype"] == "float16":
+            raise UsageError("--fsdp=True computes in bfloat16 or float32; --dtype=float16 "
+                             "needs the loss scaler of the DDP path (drop --fsdp or pick "
+                             "--dtype=bfloat16)")
+    if cfg["init_from"] == "resume":
+        found = gckpt.find(cfg["out_dir"], prefer=gckpt.SHARDED if cfg["fsdp"] else gckpt.PLAIN)
+        if found is None:
+            raise UsageError(f"--init_from=resume but {cfg['out_dir']} holds no checkpoint "
+                             f"({gckpt.PLAIN} or {gckpt.SHARDED}/); train once with "
+                             f"--out_dir={cfg['out_dir']} first")
+        if cfg["fsdp"] and found[0] == "plain":
+            raise UsageError(f"--fsdp=True resumes from a sharded checkpoint, but "
+                             f"{cfg['out_dir']} holds only {gckpt.PLAIN}; resume without "
+                             f"--fsdp")
 
 
 def prepare_data(cfg):
@@ -198,19 +219,22 @@ def peak_flops(device_type, dtype):
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def forward_backward(model, get_batch, accum_steps, autocast_ctx, scaler, ddp):
+def forward_backward(model, get_batch, accum_steps, autocast_ctx, scaler, parallel=None):
     """Run `accum_steps` micro-steps and leave the summed gradients in the parameters.
 
     Each micro-loss is divided by accum_steps so the gradients are those of the mean loss over
-    the whole (accum_steps x batch) batch, as one big batch would give. Under DDP, gradients
-    are all-reduced only on the last micro-step (`no_sync` skips the others: one all-reduce
-    per optimizer step instead of one per micro-step). Returns the last micro-step's loss.
+    the whole (accum_steps x batch) batch, as one big batch would give. Gradients are
+    synchronised only on the last micro-step: under DDP (`parallel="ddp"`) `no_sync` skips
+    the all-reduce of the others, under FSDP (`parallel="fsdp"`) the reduce-scatter waits
+    the same way (`set_requires_gradient_sync`). Returns the last micro-step's loss.
     """
     loss = None
     for micro_step in range(accum_steps):
         x, y = get_batch()
         last = micro_step == accum_steps - 1
-        sync_ctx = model.no_sync() if (ddp and not last) else nullcontext()
+        sync_ctx = model.no_sync() if (parallel == "ddp" and not last) else nullcontext()
+        if parallel == "fsdp":
+            model.set_requires_gradient_sync(last)
         with sync_ctx:
             with autocast_ctx:
                 _, loss = model(x, y)
@@ -220,27 +244,24 @@ def forward_backward(model, get_batch, accum_steps, autocast_ctx, scaler, ddp):
 
 
 @torch.no_grad()
-def estimate_loss(model, datasets, cfg, device, autocast_ctx):
-    """Mean loss over eval_iters random batches of each split."""
+def estimate_loss(model, datasets, cfg, device, autocast_ctx, distributed=False):
+    """Mean loss over eval_iters random batches of each split (of each process, averaged
+    over all of them when distributed: every process must call it)."""
     out = {}
     model.eval()
     for split, ds in datasets.items():
-        losses = torch.zeros(cfg["eval_iters"])
+        losses = torch.zeros(cfg["eval_iters"], device=device)
         for k in range(cfg["eval_iters"]):
             x, y = ds.get_batch(cfg["batch_size"], cfg["block_size"], device)
             with autocast_ctx:
                 _, loss = model(x, y)
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+            losses[k] = loss
+        mean = losses.mean()
+        if distributed:
+            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+        out[split] = mean.item()
     model.train()
     return out
-
-
-def save_checkpoint(path, state):
-    """Write to a temporary file, then rename: a crash mid-write never loses the last checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def plot_losses(metrics_path, png_path):
@@ -275,7 +296,7 @@ def plot_losses(metrics_path, png_path):
     os.replace(tmp, png_path)
 
 
-def print_samples(model, tokenizer, cfg, device, autocast_ctx):
+def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
     """A few samples from the trained model, started from a newline (or end-of-text)."""
     try:
         start = tokenizer.encode("\n")
@@ -291,8 +312,9 @@ def print_samples(model, tokenizer, cfg, device, autocast_ctx):
             y = model.generate(x, cfg["sample_tokens"], temperature=0.8, top_k=200)
         text = tokenizer.decode(y[0].tolist())
         samples.append(text)
-        print(text)
-        print("---------------")
+        if echo:
+            print(text)
+            print("---------------")
     return samples
 
 
@@ -306,6 +328,7 @@ class Run:
     device: str
     device_type: str
     dtype: str
+    parallel: str = None  # None (one process), "ddp" or "fsdp"
 
     @property
     def master(self):
@@ -327,7 +350,8 @@ def setup_run(cfg):
     if device_type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Run(True, rank, world_size, device, device_type, dtype)
+    return Run(True, rank, world_size, device, device_type, dtype,
+               parallel="fsdp" if cfg["fsdp"] else "ddp")
 
 
 def load_data(cfg, run):
@@ -347,48 +371,79 @@ def load_data(cfg, run):
     return data_dir, tokenizer, datasets
 
 
-def build_model(cfg, run, vocab_size, checkpoint=None):
-    """(model, model_args) on run.device: from scratch, or with a checkpoint's architecture
-    and weights (kernels and dropout may change on resume)."""
+def build_model(cfg, run, vocab_size, saved_args=None):
+    """(model, model_args) on run.device, with activation checkpointing and FSDP applied as
+    asked. On resume the architecture is the checkpoint's (``saved_args``; kernels and
+    dropout may change); its weights come later, with the optimizer's state."""
     model_args = dict(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                       block_size=cfg["block_size"], bias=cfg["bias"], dropout=cfg["dropout"],
                       vocab_size=vocab_size, kernels=cfg["kernels"])
-    if checkpoint is not None:
+    if saved_args is not None:
         for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
-            model_args[k] = checkpoint["model_args"][k]
-    model = GPT(GPTConfig(**model_args))
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-    return model.to(run.device), model_args
+            model_args[k] = saved_args[k]
+    model = GPT(GPTConfig(**model_args)).to(run.device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]
+    if run.parallel == "fsdp":
+        from gpt.parallel import shard
+
+        shard(model, param_dtype=torch.bfloat16 if run.dtype == "bfloat16" else None)
+    return model, model_args
 
 
-# Checkpoint I/O: everything a run needs to continue exactly, in one file.
+# Checkpoint I/O, the one place for plain and sharded checkpoints (gpt/checkpoint.py):
+# everything a run needs to continue exactly.
 
-def checkpoint_state(model, optimizer, scaler, model_args, cfg, iter_num, best_val_loss, run):
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "model_args": model_args,
-        "config": cfg,
-        "iter_num": iter_num,
-        "best_val_loss": best_val_loss,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if run.device_type == "cuda" else None,
-            "python": random.getstate(),
-        },
-    }
+def save_checkpoint(out_dir, model, optimizer, scaler, model_args, cfg, iter_num, best_val_loss,
+                    run):
+    """ckpt.pt from the master process, or (FSDP) the sharded ckpt/ folder from every one."""
+    if run.parallel == "fsdp":
+        meta = dict(model_args=model_args, config=cfg, iter_num=iter_num,
+                    best_val_loss=best_val_loss, world_size=run.world_size)
+        gckpt.save_sharded(out_dir / gckpt.SHARDED, model, optimizer, meta, run.rank,
+                           run.device_type)
+    elif run.master:
+        gckpt.save_plain(out_dir / gckpt.PLAIN, {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "model_args": model_args,
+            "config": cfg,
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "rng": gckpt.rng_state(run.device_type),
+        })
 
 
-def restore_state(checkpoint, optimizer, scaler, run):
-    """Optimizer, loss scaler and RNG state from a checkpoint: the run continues exactly."""
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-    if run.device_type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint["rng"]["cuda"]])
-    random.setstate(checkpoint["rng"]["python"])
+def open_checkpoint(cfg, run):
+    """(kind, path, contents) of the checkpoint to resume from: a plain one is read whole,
+    a sharded one only its meta.json (each process reads its shards later)."""
+    prefer = gckpt.SHARDED if run.parallel == "fsdp" else gckpt.PLAIN
+    kind, path = gckpt.find(cfg["out_dir"], prefer=prefer)
+    if kind == "plain":
+        return kind, path, torch.load(path, map_location=run.device, weights_only=True)
+    return kind, path, gckpt.read_meta(path)
+
+
+def resume_checkpoint(cfg, opened, model, optimizer, scaler, run):
+    """Load an opened checkpoint into model, optimizer, scaler and the RNGs; returns
+    (iter_num, best_val_loss). A sharded one reshards to this run's processes."""
+    kind, path, ckpt = opened
+    if kind == "sharded":
+        _, rng = gckpt.load_sharded(path, model, optimizer, run.rank)
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    else:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        # one file holds rank 0's generators: the other DDP ranks must not draw its batches
+        rng = ckpt["rng"] if run.rank == 0 else None
+    if rng is not None:
+        gckpt.set_rng_state(rng, run.device_type)
+    else:  # a rank the checkpoint did not have (resumed on more processes): a fresh stream
+        torch.manual_seed(cfg["seed"] + run.rank + iter_num)
+        random.seed(cfg["seed"] + run.rank + iter_num)
+    return iter_num, best_val_loss
 
 
 def train(cfg):
@@ -407,7 +462,6 @@ def train(cfg):
 
 def _train(cfg, run):
     out_dir = Path(cfg["out_dir"])
-    ckpt_path = out_dir / "ckpt.pt"
     torch.manual_seed(cfg["seed"] + run.rank)  # different batches on each rank
     random.seed(cfg["seed"] + run.rank)
     if run.device_type == "cuda":
@@ -419,23 +473,21 @@ def _train(cfg, run):
     accum = cfg["gradient_accumulation_steps"] // run.world_size
 
     data_dir, tokenizer, datasets = load_data(cfg, run)
-    checkpoint = None
-    if cfg["init_from"] == "resume":
-        checkpoint = torch.load(ckpt_path, map_location=run.device, weights_only=True)
-    raw_model, model_args = build_model(cfg, run, tokenizer.vocab_size, checkpoint)
+    opened = open_checkpoint(cfg, run) if cfg["init_from"] == "resume" else None
+    raw_model, model_args = build_model(cfg, run, tokenizer.vocab_size,
+                                        opened[2]["model_args"] if opened else None)
     scaler = torch.amp.GradScaler(run.device_type, enabled=(run.dtype == "float16"))
     optimizer = raw_model.configure_optimizers(
         cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), run.device_type
     )
     iter_num, best_val_loss, resumed_at = 0, float("inf"), None
-    if checkpoint is not None:
-        restore_state(checkpoint, optimizer, scaler, run)
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    if opened is not None:
+        iter_num, best_val_loss = resume_checkpoint(cfg, opened, raw_model, optimizer, scaler, run)
         resumed_at = iter_num
-    checkpoint = None  # free the memory
+        opened = None  # free a plain checkpoint's memory
 
     model = torch.compile(raw_model) if cfg["compile"] else raw_model
-    if run.distributed:
+    if run.parallel == "ddp":
         model = DDP(model, device_ids=[run.device] if run.device_type == "cuda" else None)
 
     tokens_per_iter = accum * run.world_size * cfg["batch_size"] * cfg["block_size"]
@@ -478,21 +530,23 @@ def _train(cfg, run):
         # evaluate and checkpoint (not again at the iteration a resume starts from: it was
         # done before the checkpoint was written, and redoing it would shift the RNG stream)
         redo = iter_num == resumed_at and not cfg["eval_only"]
-        if (iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"]) and run.master and not redo:
-            last_losses = estimate_loss(raw_model, datasets, cfg, run.device, autocast_ctx)
+        if (iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"]) and not redo:
+            # every process evaluates (FSDP needs them all for a forward); losses are averaged
+            last_losses = estimate_loss(raw_model, datasets, cfg, run.device, autocast_ctx,
+                                        run.distributed)
             log({"iter": iter_num, "train_loss": last_losses["train"], "val_loss": last_losses["val"]},
                 f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}")
             if last_losses["val"] < best_val_loss or cfg["always_save_checkpoint"]:
                 best_val_loss = min(best_val_loss, last_losses["val"])
                 if iter_num > 0:
-                    save_checkpoint(ckpt_path, checkpoint_state(
-                        raw_model, optimizer, scaler, model_args, cfg, iter_num, best_val_loss, run))
-            if iter_num > 0 and not cfg["eval_only"]:
+                    save_checkpoint(out_dir, raw_model, optimizer, scaler, model_args, cfg,
+                                    iter_num, best_val_loss, run)
+            if iter_num > 0 and not cfg["eval_only"] and cfg["plot"] and run.master:
                 plot_losses(metrics_path, out_dir / "loss.png")  # an interrupted run keeps its curve
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
-        loss = forward_backward(model, train_batch, accum, autocast_ctx, scaler, run.distributed)
+        loss = forward_backward(model, train_batch, accum, autocast_ctx, scaler, run.parallel)
         if cfg["grad_clip"] > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
@@ -527,11 +581,18 @@ def _train(cfg, run):
     if run.master:
         metrics.close()
         if not cfg["eval_only"]:
-            if local_iter:
+            if local_iter and cfg["plot"]:
                 plot_losses(metrics_path, out_dir / "loss.png")
-            print(f"loss curve: {out_dir / 'loss.png'}")
-            if cfg["num_samples"] > 0 and cfg["sample_tokens"] > 0:
-                summary["samples"] = print_samples(raw_model, tokenizer, cfg, run.device, autocast_ctx)
+                print(f"loss curve: {out_dir / 'loss.png'}")
+    # samples: under FSDP every process runs the model (same seed, in lockstep), one prints
+    if not cfg["eval_only"] and cfg["num_samples"] > 0 and cfg["sample_tokens"] > 0 and (
+            run.master or run.parallel == "fsdp"):
+        if run.parallel == "fsdp":
+            torch.manual_seed(cfg["seed"])
+        samples = print_samples(raw_model, tokenizer, cfg, run.device, autocast_ctx,
+                                echo=run.master)
+        if run.master:
+            summary["samples"] = samples
     return summary
 
 

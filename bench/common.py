@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from gpt.cli import UsageError
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = 1
@@ -38,18 +40,18 @@ TFLOP = 1e12
 # ----------------------------------------------------------------------------- refusal
 
 def check_can_time(smoke, what="benchmarks"):
-    """Exit with a clear message unless real timing makes sense (CUDA, no Triton
-    interpreter); smoke runs pass. Returns the torch device string to run on."""
+    """Raise a UsageError (one line from the command line) unless real timing makes sense
+    (CUDA, no Triton interpreter); smoke runs pass. Returns the torch device string."""
     if smoke:
         return "cpu"
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise SystemExit(
+        raise UsageError(
             f"refusing to time the {what}: TRITON_INTERPRET=1 runs the Triton kernels in "
             "Triton's interpreter, whose timings mean nothing. Unset TRITON_INTERPRET, or "
             "pass --smoke=True to only check that every benchmark path runs."
         )
     if not torch.cuda.is_available():
-        raise SystemExit(
+        raise UsageError(
             f"refusing to time the {what}: no CUDA GPU is available "
             f"(torch {torch.__version__}, torch.cuda.is_available() is False). The benchmarks "
             "measure GPU kernels; pass --smoke=True to only check on the CPU that every "
@@ -238,6 +240,28 @@ def default_results_path(meta):
     check never overwrites (or passes for) a GPU result."""
     suffix = "-smoke" if meta["smoke"] else ""
     return RESULTS_DIR / f"{meta['device_slug']}-{meta['date']}{suffix}.json"
+
+
+def unique_path(path):
+    """``path``, or ``<stem>-2<suffix>``, ``-3``, ... when it exists: a new result never
+    replaces an older one (such as a result committed to the repository)."""
+    path = Path(path)
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def write_json(path, doc):
+    """Write ``doc`` as indented JSON, atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def write_results(path, meta, section, payload, ceilings=None):

@@ -17,18 +17,17 @@ How the peak is measured:
   uses internally (numpy copies) is not a torch allocation and is not counted. The Triton
   kernels run in the interpreter on CPU (TRITON_INTERPRET=1, set here before triton is
   imported), about 0.03 s per token row at V=50304: the issue's N=8192 takes ~4 minutes
-  (``--n 8192``), so the default CPU size is N=512.
+  (``--n=8192``), so the default CPU size is N=512.
 
 Alongside the measurement the script prints the analytic size of the largest live buffers of
 each path at the issue's size (8192 x 768 x 50304) for the chosen dtype.
 
-Usage:  python bench/flce_memory.py [--device cpu|cuda] [--n N] [--c C] [--v V]
-                                     [--dtype float32|bfloat16|float16] [--out result.json]
+Usage:  python -m bench.flce_memory [--device=cpu|cuda] [--n=N] [--c=C] [--v=V]
+                                    [--dtype=float32|bfloat16|float16] [--out=result.json]
+(``python bench/flce_memory.py ...`` works too; ``--help`` lists the options.)
 """
 
-import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -36,7 +35,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not torch.cuda.is_available():
+    # the Triton kernels run on a CPU only in Triton's interpreter, which must be switched on
+    # before triton is first imported (importing gpt or kernels does)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from bench import common  # noqa: E402  (after the path fix above)
+from gpt.cli import Opt, UsageError, parse, resolve_device, run_main  # noqa: E402
 
 IGNORE_INDEX = -1
 ISSUE_SIZE = (8192, 768, 50304)
@@ -49,8 +56,8 @@ def unfused(x, w, target):
 
 def fused(x, w, target):
     kernels = importlib.import_module("kernels")
-    return kernels.ops("triton").fused_linear_cross_entropy(x, w, target,
-                                                            ignore_index=IGNORE_INDEX)
+    return kernels.fused_linear_cross_entropy(x, w, target, ignore_index=IGNORE_INDEX,
+                                              backend="triton")
 
 
 def _cpu_peak(step):
@@ -135,24 +142,35 @@ def analytic(N, C, V, dtype):
             "fused_buffers": fused_bytes, "fused_total": sum(fused_bytes.values())}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--n", type=int, default=None, help="tokens (default 8192 on CUDA, 512 on CPU)")
-    p.add_argument("--c", type=int, default=ISSUE_SIZE[1])
-    p.add_argument("--v", type=int, default=ISSUE_SIZE[2])
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="default bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--out", default=None, help="also write the result as JSON here")
-    args = p.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        # the Triton kernels run on CPU only in the interpreter; set before triton is imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+PROG = "python -m bench.flce_memory"
+OPTIONS = {
+    "size": dict(
+        n=Opt(0, "tokens; 0: 8192 on CUDA, 512 on the CPU (the interpreter is slow)", ge=0),
+        c=Opt(ISSUE_SIZE[1], "hidden size C", ge=1),
+        v=Opt(ISSUE_SIZE[2], "vocabulary size V", ge=1),
+        dtype=Opt("", "empty: bfloat16 on CUDA, float32 on the CPU", choices=("", *DTYPES)),
+    ),
+    "system": dict(
+        device=Opt("auto", "auto (cuda if available), cpu, cuda, cuda:N"),
+    ),
+    "output": dict(
+        out=Opt("", "also write the result as JSON here"),
+    ),
+}
+
+
+def main(argv=None):
+    cfg = parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0])
+    device = torch.device(resolve_device(cfg["device"]))
+    if cfg["out"] and not os.path.isdir(os.path.dirname(os.path.abspath(cfg["out"]))):
+        raise UsageError(f"--out={cfg['out']}: its folder does not exist")
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError("--device=cpu runs the Triton kernels in Triton's interpreter: "
+                         "start with TRITON_INTERPRET=1 in the environment")
     importlib.import_module("kernels")
-    N = args.n if args.n is not None else (ISSUE_SIZE[0] if device.type == "cuda" else 512)
-    dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    C, V = args.c, args.v
+    N = cfg["n"] or (ISSUE_SIZE[0] if device.type == "cuda" else 512)
+    dtype = DTYPES[cfg["dtype"] or ("bfloat16" if device.type == "cuda" else "float32")]
+    C, V = cfg["c"], cfg["v"]
 
     torch.manual_seed(0)
     x = torch.randn(N, C, device=device).to(dtype)
@@ -180,10 +198,10 @@ def main():
     print(f"analytic largest live buffers at N={a['N']} C={a['C']} V={a['V']} {a['dtype']}: "
           f"unfused {a['unfused_total'] / mib:.1f} MiB, fused {a['fused_total'] / mib:.1f} MiB "
           f"(chunk of {a['chunk_rows']} rows)")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    if cfg["out"]:
+        common.write_json(cfg["out"], report)
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

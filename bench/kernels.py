@@ -7,8 +7,8 @@
 
 Providers (a provider that is missing or fails is recorded as skipped, with the reason):
 
-- ``triton``: the op forced to Triton, ``kernels.ops("triton")``;
-- ``torch``: the plain-PyTorch reference, ``kernels.ops("torch")`` (eager);
+- ``triton``: the op forced to Triton, ``kernels.<op>(..., backend="triton")``;
+- ``torch``: the plain-PyTorch reference, ``kernels.reference.<op>`` (eager);
 - ``compile``: ``torch.compile`` of that same reference code;
 - attention only: ``naive`` (nanoGPT's eager attention in the input dtype: QK^T, mask,
   softmax, @V), ``sdpa`` (``scaled_dot_product_attention``, PyTorch's own choice of backend)
@@ -32,9 +32,9 @@ medium and XL, vocabulary ``GPTConfig().vocab_size`` (50304), 4k-16k tokens, seq
 summarises them.
 """
 
+import functools
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -42,21 +42,31 @@ import torch
 import torch.nn.functional as F
 
 from bench import common
-from gpt.cli import parse_overrides
+from gpt.cli import Opt, UsageError, defaults, parse, run_main
 from gpt.model import PRESETS, GPTConfig
 
-DEFAULTS = dict(
-    smoke=False,  # CPU, tiny sizes, every path once; figures are not performance numbers
-    out="",  # results JSON; default bench/results/<device>-<date>.json
-    ops="all",  # comma-separated kernel names, or "all"
-    providers="all",  # comma-separated provider names, or "all"
-    modes="fwd,bwd,fwd+bwd",
-    dtypes="",  # comma-separated; default: each kernel's own list (KERNEL_DTYPES)
-    compile=True,  # include the torch.compile provider (slow to compile on a CPU)
-    quick=False,  # fewer shapes
-    warmup=25,  # do_bench warm-up, ms
-    rep=100,  # do_bench repetition time, ms
-)
+PROG = "python -m bench.kernels"
+OPTIONS = {
+    "what": dict(
+        ops=Opt("all", "comma-separated kernels (flash_attention, layer_norm, linear_gelu, "
+                "cross_entropy, fused_linear_cross_entropy), or all"),
+        providers=Opt("all", "comma-separated (triton, torch, compile, naive, sdpa, sdpa-flash, "
+                      "sdpa-efficient, sdpa-cudnn), or all"),
+        modes=Opt("fwd,bwd,fwd+bwd", "comma-separated of fwd, bwd, fwd+bwd"),
+        dtypes=Opt("", "comma-separated of bfloat16, float16, float32; empty: each kernel's own"),
+        compile=Opt(True, "include the torch.compile provider (slow to compile on a CPU)"),
+        quick=Opt(False, "fewer shapes"),
+    ),
+    "timing": dict(
+        warmup=Opt(25, "do_bench warm-up, ms", ge=0),
+        rep=Opt(100, "do_bench repetition time, ms", gt=0),
+        smoke=Opt(False, "CPU, tiny sizes, every path once: checks the code, times nothing"),
+    ),
+    "output": dict(
+        out=Opt("", "results JSON; empty: bench/results/<device>-<date>.json"),
+    ),
+}
+DEFAULTS = defaults(OPTIONS)
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("flash_attention", "layer_norm", "linear_gelu", "cross_entropy",
@@ -278,14 +288,13 @@ def make_provider(name, op, device):
     import kernels
 
     if name == "triton":
-        if not kernels.triton_available(op):
-            skipped = "; ".join(f"kernels/{m}.py: {e}" for m, e in kernels._SKIPPED_MODULES.items())
-            raise Skip(f"no Triton kernel registered for {op}" + (f" ({skipped})" if skipped else ""))
+        if kernels.TRITON_MISSING is not None:
+            raise Skip(f"no Triton: {kernels.TRITON_MISSING}")
         if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise Skip("Triton needs a GPU, or TRITON_INTERPRET=1 (set before start) on the CPU")
-        return getattr(kernels.ops("triton"), op)
+        return functools.partial(getattr(kernels, op), backend="triton")
     if name == "torch":
-        return getattr(kernels.ops("torch"), op)
+        return getattr(kernels.reference, op)
     if name == "compile":
         torch._dynamo.reset()  # a fresh cache: no recompile limit, no stale graphs
         return torch.compile(getattr(kernels.reference, op), dynamic=False)
@@ -380,23 +389,25 @@ def _fmt(rec, smoke):
             + (f" peak {mem / 2**20:9.1f} MiB" if mem is not None else ""))
 
 
-def _split(text, allowed, what):
+def _split(text, allowed, option):
+    """A comma-separated option as a tuple of names ("" or "all": every allowed name)."""
     if text in ("", "all"):
         return tuple(allowed)
     items = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in items if s not in allowed]
-    if bad:
-        raise SystemExit(f"unknown {what} {bad}; choose from {list(allowed)}")
+    if bad or not items:
+        raise UsageError(f"--{option}={text!r}: unknown {', '.join(bad) or 'empty list'}; "
+                         f"choose from {', '.join(allowed)}")
     return items
 
 
 def run(cfg):
     smoke = cfg["smoke"]
-    device = common.check_can_time(smoke, "kernel benchmarks")
     ops = _split(cfg["ops"], OPS, "ops")
     modes = _split(cfg["modes"], MODES, "modes")
-    dtypes = _split(cfg["dtypes"], DTYPES, "dtypes") if cfg["dtypes"] else ()
+    dtypes = _split(cfg["dtypes"], tuple(DTYPES), "dtypes") if cfg["dtypes"] else ()
     wanted = _split(cfg["providers"], COMMON_PROVIDERS + ATTENTION_PROVIDERS, "providers")
+    device = common.check_can_time(smoke, "kernel benchmarks")
     if not cfg["compile"]:
         wanted = tuple(p for p in wanted if p != "compile")
     import torch._functorch.config as functorch_config
@@ -453,9 +464,8 @@ def _run(cfg, smoke, device, ops, modes, dtypes, wanted):
 
 
 def main(argv=None):
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    return run(cfg)
+    return run(parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0]))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

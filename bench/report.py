@@ -21,24 +21,31 @@ are then labelled as such, and never go into the README. Every number comes from
 import json
 import math
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, REPO_ROOT
-from gpt.cli import parse_overrides
+from gpt.cli import Opt, UsageError, defaults, parse, run_main
 
-DEFAULTS = dict(
-    results="",  # a results JSON; default: the latest non-smoke one in results_dir
-    results_dir=str(RESULTS_DIR),
-    include_smoke=False,  # consider smoke results (labelled; never written to the README)
-    update_readme=False,  # rewrite the block between the markers in --readme
-    readme=str(REPO_ROOT / "README.md"),
-    plots=True,
-    out_dir="",  # where <stem>.md and the PNGs go; default: next to the JSON
-    mode="fwd+bwd",  # the mode the plot shows
-    dtype="bfloat16",  # the dtype the plot shows
-)
+PROG = "python -m bench.report"
+OPTIONS = {
+    "input": dict(
+        results=Opt("", "a results JSON; empty: the latest non-smoke one in results_dir"),
+        results_dir=Opt(str(RESULTS_DIR), "where to look for results"),
+        include_smoke=Opt(False, "consider smoke results (labelled; never written to the "
+                          "README)"),
+    ),
+    "output": dict(
+        out_dir=Opt("", "where <stem>.md and the PNGs go; empty: next to the JSON"),
+        plots=Opt(True, "draw the PNG plots"),
+        mode=Opt("fwd+bwd", "the mode the plot shows", choices=("fwd", "bwd", "fwd+bwd")),
+        dtype=Opt("bfloat16", "the dtype the plot shows",
+                  choices=("bfloat16", "float16", "float32")),
+        update_readme=Opt(False, "rewrite the block between the results markers in --readme"),
+        readme=Opt(str(REPO_ROOT / "README.md"), "the README to update"),
+    ),
+}
+DEFAULTS = defaults(OPTIONS)
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BASELINES = ("torch", "compile", "sdpa")  # sdpa: the fastest SDPA backend that ran
@@ -366,7 +373,7 @@ def _save(fig, png):
 def replace_block(text, block):
     """``text`` with what lies between the results markers replaced by ``block``."""
     if START not in text or END not in text or text.index(START) > text.index(END):
-        raise SystemExit(f"the README has no {START} ... {END} block to update")
+        raise UsageError(f"the README has no {START} ... {END} block to update")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{block.strip()}\n{END}{tail}"
@@ -383,7 +390,18 @@ def update_readme(readme, block):
 
 # ----------------------------------------------------------------------------- main
 
+def check_inputs(cfg):
+    """UsageError for a --results, --results_dir or --readme that is not there."""
+    if cfg["results"] and not Path(cfg["results"]).is_file():
+        raise UsageError(f"--results={cfg['results']}: no such file")
+    if not cfg["results"] and not Path(cfg["results_dir"]).is_dir():
+        raise UsageError(f"--results_dir={cfg['results_dir']}: no such folder")
+    if cfg["update_readme"] and not Path(cfg["readme"]).is_file():
+        raise UsageError(f"--readme={cfg['readme']}: no such file")
+
+
 def run(cfg):
+    check_inputs(cfg)
     path = Path(cfg["results"]) if cfg["results"] else find_results(
         cfg["results_dir"], include_smoke=cfg["include_smoke"])
     if path is None:
@@ -391,11 +409,14 @@ def run(cfg):
         if cfg["update_readme"]:
             print(f"updated {update_readme(cfg['readme'], NO_RESULTS)}")
         return None
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except ValueError:
+        doc = None
     if not is_results(doc):
-        raise SystemExit(f"{path} is not a bench.kernels / bench.train results file")
+        raise UsageError(f"{path} is not a bench.kernels / bench.train results file")
     if doc.get("smoke") and not cfg["include_smoke"]:
-        raise SystemExit(f"{path} is a smoke run (CPU, tiny sizes), not performance numbers; "
+        raise UsageError(f"{path} is a smoke run (CPU, tiny sizes), not performance numbers; "
                          "pass --include_smoke=True to summarise it anyway")
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else Path(path).parent
     stem = Path(path).stem
@@ -412,7 +433,7 @@ def run(cfg):
     print(f"wrote {md}" + "".join(f", {p}" for p in images.values()))
     if cfg["update_readme"]:
         if doc.get("smoke"):
-            raise SystemExit("refusing to put smoke results (not performance numbers) in the README")
+            raise UsageError("refusing to put smoke results (not performance numbers) in the README")
         readme_dir = Path(cfg["readme"]).resolve().parent
         rel = {n: os.path.relpath(Path(p).resolve(), readme_dir) for n, p in images.items()}
         block = report_md(doc, os.path.relpath(Path(path).resolve(), readme_dir), full=False,
@@ -423,9 +444,8 @@ def run(cfg):
 
 
 def main(argv=None):
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    return run(cfg)
+    return run(parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0]))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

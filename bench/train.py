@@ -40,7 +40,6 @@ import inspect
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -51,25 +50,38 @@ import torch
 
 import train as train_script
 from bench import common
-from gpt.cli import parse_overrides
-from gpt.model import GPT, GPTConfig
+from gpt.cli import Opt, UsageError, defaults, parse, run_main
+from gpt.model import PRESETS, GPT, GPTConfig
 
-DEFAULTS = dict(
-    smoke=False,  # CPU, tiny model, every path once; figures are not performance numbers
-    out="",  # results JSON; default bench/results/<device>-<date>.json
-    paths="triton,torch,compile",
-    preset="gpt2",  # model size (gpt.model.PRESETS)
-    block_size=1024,
-    batch_size=12,  # the micro-batch every path runs (nanoGPT's GPT-2 recipe uses 12)
-    warmup=5,  # untimed steps first (compilation, autotuning, allocator warm-up)
-    steps=20,  # timed steps
-    max_batch=True,  # also search the largest micro-batch that fits
-    max_batch_limit=512,  # stop the search here
-    time_to_quality=False,  # also run nanoGPT's Shakespeare char recipe per path (minutes)
-    data="tinyshakespeare",  # Tiny Shakespeare: a path to input.txt, or train.py's dataset name
-    target_loss=1.47,
-    ttq_max_iters=5000,  # the recipe's length
-)
+PROG = "python -m bench.train"
+OPTIONS = {
+    "model": dict(
+        paths=Opt("triton,torch,compile", "comma-separated of triton, torch, compile"),
+        preset=Opt("gpt2", "model size (a gpt.model preset: gpt2, gpt2-medium, ...)"),
+        block_size=Opt(1024, "sequence length", ge=1),
+        batch_size=Opt(12, "the micro-batch every path runs (nanoGPT's GPT-2 recipe: 12)",
+                       ge=1),
+    ),
+    "timing": dict(
+        warmup=Opt(5, "untimed steps first (compilation, autotuning, allocator warm-up)", ge=0),
+        steps=Opt(20, "timed steps", ge=1),
+        max_batch=Opt(True, "also search the largest micro-batch that fits"),
+        max_batch_limit=Opt(512, "stop that search here", ge=1),
+        smoke=Opt(False, "CPU, tiny model, every path once: checks the code, times nothing"),
+    ),
+    "time to quality": dict(
+        time_to_quality=Opt(False, "also run nanoGPT's Shakespeare char recipe per path "
+                            "(minutes on a GPU)"),
+        data=Opt("tinyshakespeare", "Tiny Shakespeare: a path to input.txt, or a train.py "
+                 "dataset name"),
+        target_loss=Opt(1.47, "the val loss to reach", gt=0),
+        ttq_max_iters=Opt(5000, "the recipe's length", ge=1),
+    ),
+    "output": dict(
+        out=Opt("", "results JSON; empty: bench/results/<device>-<date>.json"),
+    ),
+}
+DEFAULTS = defaults(OPTIONS)
 
 PATHS = {  # name -> (GPTConfig.kernels, torch.compile?)
     "triton": ("triton", False),
@@ -266,7 +278,7 @@ def time_to_quality(path, cfg, device, smoke, workdir):
         args += ["--batch_size=2", "--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=32",
                  "--eval_interval=2", "--eval_iters=1", "--log_interval=1", "--warmup_iters=1",
                  "--dtype=float32"]
-    tcfg = parse_overrides(args, train_script.DEFAULTS)
+    tcfg = parse(args, train_script.OPTIONS, prog="train.py")
     out_dir.mkdir(parents=True, exist_ok=True)
     watcher = MetricsWatcher(out_dir / "metrics.jsonl")
     watcher.start()
@@ -293,13 +305,26 @@ def time_to_quality(path, cfg, device, smoke, workdir):
 
 # ----------------------------------------------------------------------------- main
 
-def run(cfg):
-    smoke = cfg["smoke"]
-    device = common.check_can_time(smoke, "training benchmark")
+def check_options(cfg):
+    """The paths to run; UsageError for a bad --paths, --preset or --data."""
     paths = tuple(p.strip() for p in cfg["paths"].split(",") if p.strip())
     bad = [p for p in paths if p not in PATHS]
-    if bad:
-        raise SystemExit(f"unknown paths {bad}; choose from {list(PATHS)}")
+    if bad or not paths:
+        raise UsageError(f"--paths={cfg['paths']!r}: unknown {', '.join(bad) or 'empty list'}; "
+                         f"choose from {', '.join(PATHS)}")
+    if cfg["preset"] not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {cfg['preset']!r}")
+    data = cfg["data"]
+    if cfg["time_to_quality"] and data not in train_script.DATASETS and not Path(data).exists():
+        raise UsageError(f"--data={data!r} is neither a train.py dataset "
+                         f"({', '.join(train_script.DATASETS)}) nor an existing file")
+    return paths
+
+
+def run(cfg):
+    smoke = cfg["smoke"]
+    paths = check_options(cfg)
+    device = common.check_can_time(smoke, "training benchmark")
     if smoke:
         mcfg = GPTConfig.from_preset("tiny", vocab_size=128, dropout=0.0).to_dict()
         # target_loss: any loss counts, so the "reached" path runs too
@@ -381,9 +406,8 @@ def run(cfg):
 
 
 def main(argv=None):
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    return run(cfg)
+    return run(parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0]))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

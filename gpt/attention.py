@@ -1,30 +1,45 @@
 """Pictures of what attention learned: one heat map per head, tokens on the axes.
 
     python -m gpt.attention --out_dir=out --text="ROMEO: But soft" --layer=0    # one layer
-    python -m gpt.attention --out_dir=out --text="To be, or not" --layer=all    # every layer
+    python -m gpt.attention --out_dir=out --text='ROMEO:\nBut soft' --layer=all # every layer
 
 Writes `--png` (default out_dir/attention.png): a grid with one row per layer and one column
-per head; cell (i, j) of a map is how much query token i attends to key token j. The weights
-come from the model's own queries and keys, softmax(q k^T / sqrt(hs)) with the causal mask,
-computed here in float32 (the flash-attention kernel never materialises them).
+per head; cell (i, j) of a map is how much query token i attends to key token j (a shared
+colour bar gives the scale). The weights come from the model's own queries and keys,
+softmax(q k^T / sqrt(hs)) with the causal mask, computed here in float32 (the flash-attention
+kernel never materialises them). In --text a typed backslash-n is a newline and backslash-t
+a tab (a shell passes them through as two characters); a double backslash is one backslash.
 """
 
 import math
 import os
-import sys
+import re
 from pathlib import Path
 
 import torch
 
-from gpt.cli import parse_overrides
+from gpt.cli import Opt, UsageError, defaults, parse, resolve_device, run_main
 
-DEFAULTS = dict(
-    out_dir="out",  # train.py's output folder (ckpt.pt, tokenizer.json)
-    text="ROMEO:\nBut soft, what light",  # the tokens to look at (at most block_size of them)
-    layer="all",  # a layer index (negative counts from the end) or "all"
-    png="",  # output file; default out_dir/attention.png
-    device="cpu",
-)
+PROG = "python -m gpt.attention"
+OPTIONS = {
+    "input": dict(
+        out_dir=Opt("out", "train.py's output folder (ckpt.pt, tokenizer.json)"),
+        text=Opt("ROMEO:\nBut soft, what light", "the tokens to look at (at most block_size); "
+                 "a typed \\n is a newline, \\t a tab"),
+        layer=Opt("all", "a layer index (negative counts from the end) or all"),
+        device=Opt("cpu", "cpu, cuda, cuda:N or auto"),
+    ),
+    "output": dict(
+        png=Opt("", "the image to write; empty: out_dir/attention.png"),
+    ),
+}
+DEFAULTS = defaults(OPTIONS)
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text):
+    """A typed backslash-n / backslash-t / double backslash as newline / tab / backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 @torch.no_grad()
@@ -57,16 +72,19 @@ def attention_weights(model, idx):
 
 
 def token_labels(tokenizer, ids):
-    """Readable axis labels: each token's text, with newlines and spaces made visible."""
+    """Readable axis labels: each token's text with newlines, tabs and spaces made visible
+    (\\n, \\t, an open box for a space; an empty token shows as an empty-set sign)."""
     labels = []
     for i in ids:
         text = tokenizer.decode([i])
-        labels.append(text.replace("\n", "\\n").replace(" ", "\u2423") or "\u2205")
+        text = text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
+        labels.append(text or "\u2205")
     return labels
 
 
 def plot_attention(weights, labels, layers, path, title=""):
-    """Save a (layers x heads) grid of heat maps of weights[layer][0, head] to path."""
+    """Save a (layers x heads) grid of heat maps of weights[layer][0, head] to path, with
+    one colour bar for all of them (every map is on the same 0..1 scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,21 +92,29 @@ def plot_attention(weights, labels, layers, path, title=""):
 
     n_head = weights[0].shape[1]
     T = len(labels)
-    cell = max(2.2, 0.18 * T)
-    fig, axes = plt.subplots(len(layers), n_head, figsize=(cell * n_head, cell * len(layers)),
-                             squeeze=False)
+    cell = max(2.5, 0.2 * T)  # inches per map: at least 0.2 inch per token once T > 12
+    # the font fills about 70% of a token's row, between 5 and 10 points
+    fontsize = min(10.0, max(5.0, 0.7 * 72 * cell / T))
+    fig, axes = plt.subplots(len(layers), n_head, squeeze=False,
+                             figsize=(cell * n_head + 1.2, cell * len(layers) + 0.6),
+                             layout="constrained")
+    image = None
     for r, layer in enumerate(layers):
         for h in range(n_head):
             ax = axes[r][h]
-            ax.imshow(weights[layer][0, h].cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
-            ax.set_title(f"layer {layer} head {h}", fontsize=8)
+            image = ax.imshow(weights[layer][0, h].cpu().numpy(), cmap="viridis",
+                              vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {layer} head {h}", fontsize=max(fontsize, 8))
             ax.set_xticks(range(T))
             ax.set_yticks(range(T))
-            ax.set_xticklabels(labels, rotation=90, fontsize=6)
-            ax.set_yticklabels(labels, fontsize=6)
+            ax.set_xticklabels(labels, rotation=60, ha="right", rotation_mode="anchor",
+                               fontsize=fontsize)
+            ax.set_yticklabels(labels, fontsize=fontsize)
+            ax.set_xlabel("key", fontsize=8)
+            ax.set_ylabel("query", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=110)
@@ -97,34 +123,48 @@ def plot_attention(weights, labels, layers, path, title=""):
     return path
 
 
-def main(argv=None):
-    from gpt.sample import load_checkpoint
+def layer_option(value):
+    """--layer as "all" or an int; UsageError otherwise."""
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--layer must be an int or all, got {value!r}") from None
 
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    model, tokenizer = load_checkpoint(cfg["out_dir"], cfg["device"], kernels="torch")
-    if not cfg["text"]:
-        raise ValueError("text must be non-empty")
-    ids = tokenizer.encode(cfg["text"])
-    if len(ids) > model.config.block_size:
-        raise ValueError(f"text has {len(ids)} tokens; the model sees at most {model.config.block_size}")
-    n_layer = model.config.n_layer
-    if cfg["layer"] == "all":
-        layers = list(range(n_layer))
-    else:
-        try:
-            layer = int(cfg["layer"])
-        except ValueError:
-            raise ValueError(f"layer must be an int or 'all', got {cfg['layer']!r}") from None
-        if not -n_layer <= layer < n_layer:
-            raise ValueError(f"layer must be in [{-n_layer}, {n_layer}), got {layer}")
-        layers = [layer % n_layer]
-    idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
+
+def select_layers(layer, n_layer):
+    """The layer indices to draw for --layer ("all" or an index, negative from the end)."""
+    if layer == "all":
+        return list(range(n_layer))
+    if not -n_layer <= layer < n_layer:
+        raise UsageError(f"--layer must be in [{-n_layer}, {n_layer}) for this "
+                         f"{n_layer}-layer model, got {layer}")
+    return [layer % n_layer]
+
+
+def main(argv=None):
+    from gpt.sample import check_checkpoint, encode_prompt, load_checkpoint
+
+    cfg = parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0])
+    layer = layer_option(cfg["layer"])
+    device = resolve_device(cfg["device"])
+    check_checkpoint(cfg["out_dir"])
+    text = unescape(cfg["text"])
+    if not text:
+        raise UsageError("--text must be non-empty")
+    png = Path(cfg["png"] or Path(cfg["out_dir"]) / "attention.png")
+    if not png.parent.is_dir():
+        raise UsageError(f"--png={png}: folder {png.parent} does not exist")
+    model, tokenizer = load_checkpoint(cfg["out_dir"], device, kernels="torch")
+    ids = encode_prompt(tokenizer, text, model.config.block_size, option="text")
+    layers = select_layers(layer, model.config.n_layer)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
     weights = attention_weights(model, idx)
-    png = cfg["png"] or str(Path(cfg["out_dir"]) / "attention.png")
-    plot_attention(weights, token_labels(tokenizer, ids), layers, png, title=repr(cfg["text"]))
+    plot_attention(weights, token_labels(tokenizer, ids), layers, png, title=repr(text))
     print(f"wrote {png}")
-    return png
+    return str(png)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Opt", "UsageError", "ConfigError", "defaults", "parse", "parse_overrides", "check",
-           "check_value", "help_text", "run_main"]
+           "check_value", "help_text", "resolve_device", "run_main"]
 
 
 class UsageError(ValueError):
@@ -240,6 +240,25 @@ def check(config, options):
             raise _unknown(name, list(flat))
         _check_type(name, value, flat[name].default)
         check_value(name, value, flat[name])
+
+
+def resolve_device(device, option="device"):
+    """The torch device string for a --device value: "auto" is "cuda" when a GPU is there,
+    else "cpu"; "cpu", "cuda" and "cuda:N" are checked. Raises UsageError naming --option."""
+    import torch  # here, not at the top: --help needs no torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--{option} must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--{option}={device} but CUDA is not available (use --{option}=cpu)")
+    return device
+
 
 def run_main(main, prog, argv=None):
     """Call main(argv); a UsageError becomes `prog: error: message` on stderr and exit status 2."""

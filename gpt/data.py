@@ -13,11 +13,11 @@ package, cleaned to Tiny-Shakespeare-like plain text), "tinyshakespeare" (Karpat
 file, downloaded once into a cache dir), a text file, or a directory of `*.txt` files.
 
 CLI: python -m gpt.data --dataset=shakespeare --data_dir=data/shakespeare_char --tokenizer=char
+(`python -m gpt.data --help` lists the options).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt.cli import Opt, UsageError, parse, run_main
 from gpt.tokenizer import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, get_tokenizer, load_tokenizer
 
 DEFAULT_SOURCE = "shakespeare"
@@ -136,13 +137,14 @@ def _download_tinyshakespeare(cache_dir) -> Path:
         with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as r:
             tmp.write_bytes(r.read())
         os.replace(tmp, path)
-    except Exception as e:
+    except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(
+        # a UsageError: the command line names a source this machine cannot reach
+        raise UsageError(
             f"could not download Tiny Shakespeare from {TINYSHAKESPEARE_URL} into {cache} "
-            f"({type(e).__name__}: {e}). Download it yourself and pass the file path instead "
-            "(dataset=/path/to/input.txt)"
-        ) from e
+            f"({type(e).__name__}: {e}); download it yourself and pass the file instead: "
+            "--dataset=/path/to/input.txt"
+        ) from None
     return path
 
 
@@ -345,37 +347,67 @@ class TokenDataset:
 # CLI
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m gpt.data", description="Tokenize a corpus into train.bin/val.bin.")
-    p.add_argument("--dataset", default=DEFAULT_SOURCE, help="shakespeare | tinyshakespeare | a .txt file | a dir of .txt files")
-    p.add_argument("--data_dir", default=None, help="output dir (default data/<dataset>_<tokenizer>)")
-    p.add_argument("--tokenizer", default="char", choices=TOKENIZER_KINDS)
-    p.add_argument("--vocab_size", type=int, default=None, help=f"bpe only (default {DEFAULT_BPE_VOCAB_SIZE})")
-    p.add_argument("--val_fraction", type=float, default=0.1)
-    p.add_argument("--ranks_path", default=None, help="gpt2 only: a local r50k_base.tiktoken ranks file")
-    p.add_argument("--cache_dir", default=None, help="download cache (default $GPT_CACHE_DIR or ~/.cache/gpt-triton)")
-    p.add_argument("--force", action="store_true", help="redo the work even if meta.json matches")
-    args = p.parse_args(argv)
-    data_dir = args.data_dir or f"data/{Path(args.dataset).stem}_{args.tokenizer}"
-    try:
-        out = prepare(
-            args.dataset,
-            data_dir,
-            tokenizer=args.tokenizer,
-            vocab_size=args.vocab_size,
-            val_fraction=args.val_fraction,
-            ranks_path=args.ranks_path,
-            force=args.force,
-            cache_dir=args.cache_dir,
-        )
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as e:
-        p.exit(2, f"error: {e}\n")
+PROG = "python -m gpt.data"
+OPTIONS = {
+    "input": dict(
+        dataset=Opt(DEFAULT_SOURCE, "shakespeare (embedded), tinyshakespeare (downloaded once), "
+                    "a .txt file or a folder of .txt files"),
+        cache_dir=Opt("", "download cache; empty: $GPT_CACHE_DIR or ~/.cache/gpt-triton"),
+    ),
+    "tokenizer": dict(
+        tokenizer=Opt("char", "characters, a BPE trained on the text, or GPT-2's BPE",
+                      choices=TOKENIZER_KINDS),
+        vocab_size=Opt(0, f"--tokenizer=bpe only: vocabulary size; 0: {DEFAULT_BPE_VOCAB_SIZE}",
+                       ge=0),
+        gpt2_ranks=Opt("", "--tokenizer=gpt2 only: GPT-2's ranks file (r50k_base.tiktoken); "
+                       "empty: tiktoken's, else a cached copy"),
+    ),
+    "output": dict(
+        data_dir=Opt("", "output folder; empty: data/<dataset>_<tokenizer>"),
+        val_fraction=Opt(0.1, "the last fraction of the text that becomes val", gt=0, lt=1),
+        force=Opt(False, "redo the work even if meta.json matches"),
+    ),
+}
+
+
+def check_dataset(dataset, option="dataset"):
+    """UsageError unless --dataset is a named source or an existing file / folder."""
+    if dataset in SOURCES or Path(dataset).expanduser().exists():
+        return
+    raise UsageError(f"--{option}={dataset!r} is neither a named dataset "
+                     f"({', '.join(SOURCES)}) nor an existing text file or folder")
+
+
+def main(argv=None):
+    cfg = parse(argv, OPTIONS, prog=PROG, description="Tokenize a corpus into train.bin/val.bin.")
+    check_dataset(cfg["dataset"])
+    vocab_size = cfg["vocab_size"] or None
+    if vocab_size is not None and cfg["tokenizer"] != "bpe":
+        raise UsageError(f"--vocab_size is for --tokenizer=bpe; --tokenizer={cfg['tokenizer']} "
+                         "sets its own")
+    if vocab_size is not None and vocab_size < 257:
+        raise UsageError(f"--vocab_size must be >= 257 (the 256 bytes and <|endoftext|>), "
+                         f"got {vocab_size}")
+    if cfg["gpt2_ranks"] and not Path(cfg["gpt2_ranks"]).is_file():
+        raise UsageError(f"--gpt2_ranks={cfg['gpt2_ranks']}: no such file")
+    data_dir = cfg["data_dir"] or f"data/{Path(cfg['dataset']).stem}_{cfg['tokenizer']}"
+    out = prepare(
+        cfg["dataset"],
+        data_dir,
+        tokenizer=cfg["tokenizer"],
+        vocab_size=vocab_size,
+        val_fraction=cfg["val_fraction"],
+        ranks_path=cfg["gpt2_ranks"] or None,
+        force=cfg["force"],
+        cache_dir=cfg["cache_dir"] or None,
+    )
     meta = load_meta(out)
     print(
         f"{out}: {meta['tokenizer']} tokenizer, vocab_size {meta['vocab_size']}, "
         f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens"
     )
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

@@ -6,9 +6,10 @@ LayerNorm -> MLP (4x, tanh GELU) -> residual], a final LayerNorm and a language-
 tied to the token embedding. Parameter names are nanoGPT's / Hugging Face's, so checkpoints
 move between this project, nanoGPT and GPT-2 with a plain key map.
 
-Every hot op (attention, LayerNorm, linear+GELU, the loss) goes through `kernels.ops(backend)`:
-`kernels="torch"` runs the plain-PyTorch references, `kernels="triton"` the hand-written
-Triton kernels, `kernels="auto"` picks per tensor (Triton on CUDA, reference on CPU).
+Every hot op (attention, LayerNorm, linear+GELU, the loss) is a call into `kernels` with
+`backend=config.kernels`: "torch" runs the plain-PyTorch references, "triton" the hand-written
+Triton kernels (registered as `torch.ops.gpt.*` operators), "auto" picks per call (Triton on
+CUDA, the reference on CPU).
 """
 
 import math
@@ -17,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import kernels
 
@@ -78,18 +80,18 @@ PRESETS = {
 class LayerNorm(nn.Module):
     """LayerNorm over the last dim with an optional bias (PyTorch's has no bias=False)."""
 
-    def __init__(self, ndim, bias, ops):
+    def __init__(self, ndim, bias, backend):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.ops = ops
+        self.backend = backend
 
     def forward(self, x):
-        return self.ops.layer_norm(x, self.weight, self.bias, 1e-5)
+        return kernels.layer_norm(x, self.weight, self.bias, 1e-5, backend=self.backend)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config, ops):
+    def __init__(self, config):
         super().__init__()
         # q, k, v projections for all heads in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
@@ -98,7 +100,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.ops = ops
+        self.backend = config.kernels
 
     def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.shape
@@ -112,32 +114,33 @@ class CausalSelfAttention(nn.Module):
             # mask is bottom-right aligned, so the T new queries are the last T positions
             k, v = kv_cache.update(layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        y = self.ops.flash_attention(q, k, v, causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
+        y = kernels.flash_attention(q, k, v, causal=True, dropout_p=dropout_p,
+                                    backend=self.backend)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, config, ops):
+    def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.ops = ops
+        self.backend = config.kernels
 
     def forward(self, x):
         # c_fc and the tanh GELU are one fused op; the nn.Linear holds the parameters
-        x = self.ops.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)
+        x = kernels.linear_gelu(x, self.c_fc.weight, self.c_fc.bias, backend=self.backend)
         return self.dropout(self.c_proj(x))
 
 
 class Block(nn.Module):
-    def __init__(self, config, ops):
+    def __init__(self, config):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.bias, ops)
-        self.attn = CausalSelfAttention(config, ops)
-        self.ln_2 = LayerNorm(config.n_embd, config.bias, ops)
-        self.mlp = MLP(config, ops)
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.kernels)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.kernels)
+        self.mlp = MLP(config)
 
     def forward(self, x, kv_cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), kv_cache, layer)
@@ -151,17 +154,19 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
-        self.ops = kernels.ops(config.kernels)
+        kernels.env_backend()  # a bad GPT_KERNELS fails here, not mid-forward
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, self.ops) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, config.bias, self.ops),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.bias, config.kernels),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # True: each block runs under torch.utils.checkpoint in training (gpt/parallel.py)
+        self.activation_checkpointing = False
         # weight tying (Press & Wolf 2017), as GPT-2: one (V, C) matrix embeds and un-embeds
         self.transformer.wte.weight = self.lm_head.weight
 
@@ -214,7 +219,11 @@ class GPT(nn.Module):
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         x = self.transformer.drop(tok_emb + pos_emb)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, i)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; recompute the inside in backward
+                x = checkpoint(block, x, kv_cache, i, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
@@ -225,9 +234,9 @@ class GPT(nn.Module):
             raise ValueError(
                 f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
             )
-        loss = self.ops.fused_linear_cross_entropy(
+        loss = kernels.fused_linear_cross_entropy(
             x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T),
-            ignore_index=IGNORE_INDEX,
+            ignore_index=IGNORE_INDEX, backend=self.config.kernels,
         )
         return None, loss
 
@@ -259,7 +268,9 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on 2-D weights (matmuls, embeddings) only; biases and
-        LayerNorm gains are not decayed. Fused AdamW on CUDA (one kernel for all params)."""
+        LayerNorm gains are not decayed. Fused AdamW (all parameters in one kernel) on CUDA
+        and on the CPU, where it is ~4x faster than the per-parameter loop at the small CPU
+        recipe's size (0.8M parameters: 0.8 ms vs 3.8 ms a step, one thread)."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -267,7 +278,7 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        extra = {"fused": True} if device_type == "cuda" else {}
+        extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def flops_per_token(self, seq_len=None):

@@ -133,7 +133,7 @@ def _gpt2_tokenizer(ranks_path):
 
     try:
         return GPT2Tokenizer(ranks_path)
-    except (RuntimeError, OSError) as err:
+    except (ValueError, OSError) as err:  # UsageError (offline, no copy), a bad ranks file
         warnings.warn(f"model loaded without its GPT-2 tokenizer: {err}")
         return None
 

@@ -5,8 +5,9 @@
     python -m gpt.sample --out_dir=out --start="ROMEO:" --greedy=True
     python -m gpt.sample --out_dir=out --start="ROMEO:" --num_beams=4
 
-`--start` is the prompt text, or FILE:path to read it from a file. Options take the
---name=value form; unknown names and wrong types are errors.
+`--start` is the prompt text, or FILE:path to read it from a file. Greedy decoding and beam
+search are deterministic, so they produce one text whatever --num_samples says.
+`python -m gpt.sample --help` lists the options.
 """
 
 import sys
@@ -15,78 +16,120 @@ from pathlib import Path
 
 import torch
 
-from gpt.cli import parse_overrides
+from gpt.checkpoint import find, load_for_inference
+from gpt.cli import Opt, UsageError, check, defaults, parse, resolve_device, run_main
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import load_tokenizer
 
-DEFAULTS = dict(
-    out_dir="out",  # folder with ckpt.pt and tokenizer.json from train.py
-    start="\n",  # prompt, or FILE:path
-    num_samples=3,
-    max_new_tokens=300,
-    temperature=0.8,  # < 1 sharper, > 1 more random
-    top_k=200,  # keep the k most likely tokens; 0 keeps all
-    top_p=1.0,  # nucleus sampling: keep the most likely tokens up to this total probability
-    greedy=False,  # argmax decoding (ignores temperature, top_k, top_p)
-    num_beams=1,  # > 1: beam search
-    length_penalty=1.0,  # beam search: score / length ** length_penalty
-    stop_at_eot=False,  # stop a sample at the tokenizer's end-of-text token (BPE / GPT-2)
-    use_cache=True,  # KV cache (False recomputes the whole context every step)
-    seed=1337,
-    device="auto",
-    dtype="auto",  # float32 on CPU, bfloat16 on GPUs that have it
-    kernels="",  # override the checkpoint's kernels setting ("auto" | "triton" | "torch")
-)
+PROG = "python -m gpt.sample"
+OPTIONS = {
+    "checkpoint": dict(
+        out_dir=Opt("out", "train.py's output folder (ckpt.pt, tokenizer.json)"),
+        kernels=Opt("", "override the checkpoint's kernels setting; empty: keep it",
+                    choices=("", "auto", "triton", "torch")),
+        device=Opt("auto", "auto (cuda if available), cpu, cuda, cuda:N"),
+        dtype=Opt("auto", "auto: bfloat16 on GPUs that have it, else float32",
+                  choices=("auto", "float32", "bfloat16", "float16")),
+    ),
+    "prompt": dict(
+        start=Opt("\n", "the prompt text, or FILE:path to read it from a file"),
+        num_samples=Opt(3, "continuations to print (1 for greedy and beam search)", ge=1),
+        max_new_tokens=Opt(300, "tokens generated per continuation", ge=0),
+        stop_at_eot=Opt(False, "stop at the tokenizer's end-of-text token (bpe, gpt2)"),
+        seed=Opt(1337, "random seed: the same seed gives the same text"),
+    ),
+    "decoding": dict(
+        temperature=Opt(0.8, "< 1 sharper, > 1 more random (sampling only)", ge=0),
+        top_k=Opt(200, "keep the k most likely tokens; 0 keeps all", ge=0),
+        top_p=Opt(1.0, "nucleus: keep the most likely tokens up to this probability mass",
+                  gt=0, le=1),
+        greedy=Opt(False, "argmax decoding (ignores temperature, top_k, top_p)"),
+        num_beams=Opt(1, "> 1: beam search with this many beams", ge=1),
+        length_penalty=Opt(1.0, "beam search: a beam's score is log p / length ** this"),
+        use_cache=Opt(True, "KV cache; False recomputes the whole context every step"),
+    ),
+}
+DEFAULTS = defaults(OPTIONS)
 
 
 def load_checkpoint(out_dir, device="cpu", **overrides):
-    """Return (model in eval mode, tokenizer) from train.py's out_dir."""
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "ckpt.pt"
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}: train with train.py --out_dir={out_dir} first")
-    # weights_only: a checkpoint someone hands you cannot run code when loaded
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-    model_args = {**checkpoint["model_args"], **overrides, "dropout": 0.0}
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    return model, load_tokenizer(out_dir / "tokenizer.json")
+    """Return (model in eval mode, tokenizer) from train.py's out_dir (ckpt.pt, or the sharded
+    ckpt/ folder of an FSDP run)."""
+    model, _, _ = load_for_inference(out_dir, device, **overrides)
+    return model, load_tokenizer(Path(out_dir) / "tokenizer.json")
+
+
+def check_checkpoint(out_dir):
+    """UsageError unless out_dir holds what train.py writes (ckpt.pt, or the sharded ckpt/
+    folder of an FSDP run, and tokenizer.json)."""
+    train_first = f"(train first: python train.py --out_dir={out_dir})"
+    if find(out_dir) is None:
+        raise UsageError(f"--out_dir={out_dir}: no ckpt.pt (or sharded ckpt/) there {train_first}")
+    if not (Path(out_dir) / "tokenizer.json").is_file():
+        raise UsageError(f"--out_dir={out_dir}: no tokenizer.json there {train_first}")
+
+
+def read_prompt(start):
+    """The prompt text of --start (FILE:path reads the file)."""
+    if start.startswith("FILE:"):
+        path = Path(start[5:])
+        if not path.is_file():
+            raise UsageError(f"--start=FILE:{path}: no such file")
+        start = path.read_text(encoding="utf-8")
+    if not start:
+        raise UsageError("--start must be a non-empty prompt")
+    return start
+
+
+def encode_prompt(tokenizer, text, block_size, option="start"):
+    """Token ids of the prompt; UsageError for characters the tokenizer lacks or a prompt
+    longer than the model's context."""
+    try:
+        ids = tokenizer.encode(text)
+    except ValueError as err:
+        raise UsageError(f"--{option}: {err}") from None
+    if len(ids) > block_size:
+        raise UsageError(f"--{option} has {len(ids)} tokens, more than the model's "
+                         f"block_size of {block_size}")
+    return ids
+
+
+def is_deterministic(cfg):
+    """Greedy decoding and beam search give the same text every time."""
+    return cfg["greedy"] or cfg["num_beams"] > 1
 
 
 def sample(cfg):
-    """Generate cfg["num_samples"] continuations of cfg["start"]; return them as strings."""
-    device = cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    """Generate continuations of cfg["start"]: cfg["num_samples"] of them when sampling, one
+    for greedy decoding and beam search. Returns them as strings."""
+    check(cfg, OPTIONS)
+    if cfg["greedy"] and cfg["num_beams"] > 1:
+        raise UsageError("--greedy=True and --num_beams > 1 are different strategies; pick one")
+    if not is_deterministic(cfg) and cfg["temperature"] <= 0:
+        raise UsageError("--temperature must be > 0 when sampling (or use --greedy=True)")
+    device = resolve_device(cfg["device"])
+    device_type = torch.device(device).type
     dtype = cfg["dtype"]
     if dtype == "auto":
         dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if cfg["num_samples"] < 1 or cfg["max_new_tokens"] < 0:
-        raise ValueError("num_samples must be >= 1 and max_new_tokens >= 0")
     ptdtype = getattr(torch, dtype)
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
+    check_checkpoint(cfg["out_dir"])
+    start = read_prompt(cfg["start"])
 
     overrides = {"kernels": cfg["kernels"]} if cfg["kernels"] else {}
     model, tokenizer = load_checkpoint(cfg["out_dir"], device, **overrides)
-    start = cfg["start"]
-    if start.startswith("FILE:"):
-        start = Path(start[5:]).read_text(encoding="utf-8")
-    if not start:
-        raise ValueError("start must be a non-empty prompt")
-    ids = tokenizer.encode(start)  # raises ValueError for characters outside the vocabulary
+    ids = encode_prompt(tokenizer, start, model.config.block_size)
     x = torch.tensor([ids], dtype=torch.long, device=device)
     eos = tokenizer.eot_token if cfg["stop_at_eot"] else None
     if cfg["stop_at_eot"] and eos is None:
-        raise ValueError(f"stop_at_eot: the {tokenizer.name} tokenizer has no end-of-text token")
+        raise UsageError(f"--stop_at_eot: the {tokenizer.name} tokenizer has no end-of-text token")
 
     torch.manual_seed(cfg["seed"])
     texts = []
+    n = 1 if is_deterministic(cfg) else cfg["num_samples"]
     with torch.no_grad(), ctx:
-        for _ in range(cfg["num_samples"]):
+        for _ in range(n):
             y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"],
                                top_k=cfg["top_k"] or None, top_p=cfg["top_p"],
                                greedy=cfg["greedy"], num_beams=cfg["num_beams"],
@@ -97,11 +140,17 @@ def sample(cfg):
 
 
 def main(argv=None):
-    cfg = parse_overrides(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    for text in sample(cfg):
+    cfg = parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0])
+    texts = sample(cfg)
+    if is_deterministic(cfg) and cfg["num_samples"] > 1:
+        how = "greedy decoding" if cfg["greedy"] else "beam search"
+        print(f"({how} is deterministic: one text, not --num_samples={cfg['num_samples']})",
+              file=sys.stderr)
+    for text in texts:
         print(text)
         print("---------------")
+    return texts
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

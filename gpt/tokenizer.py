@@ -16,9 +16,14 @@ second. GPT-2's regex pre-split pattern is read from `tiktoken_ext.openai_public
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -27,6 +32,8 @@ import numpy as np
 import regex
 import tiktoken
 import tiktoken.load  # not imported by `import tiktoken`
+
+from gpt.cli import UsageError
 
 GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
@@ -333,43 +340,109 @@ class BPETokenizer(_TiktokenTokenizer):
 # GPT-2
 
 
+# Where GPT-2's ranks come from when tiktoken cannot download them: the openai-whisper sdist
+# on PyPI ships tiktoken's r50k_base file as whisper/assets/gpt2.tiktoken, so `pip download`
+# (which works wherever pip install does) brings it. Its sha256 is that of r50k_base.
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_RANKS_PIP_SPEC = "openai-whisper==20250625"
+GPT2_RANKS_MEMBER = "whisper/assets/gpt2.tiktoken"
+GPT2_RANKS_FILE = "r50k_base.tiktoken"  # the cached copy, in gpt.data.default_cache_dir()
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _gpt2_encoding(path) -> tiktoken.Encoding:
+    """GPT-2's encoding from a ranks file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GPT-2 ranks file not found: {path}")
+    ranks = tiktoken.load.load_tiktoken_bpe(str(path))
+    if len(ranks) != GPT2_EOT_ID:
+        raise ValueError(f"{path} has {len(ranks)} ranks; GPT-2's r50k_base file has {GPT2_EOT_ID}")
+    return tiktoken.Encoding(
+        "gpt2",
+        pat_str=gpt2_pattern(),
+        mergeable_ranks=ranks,
+        special_tokens={GPT2_EOT: GPT2_EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+
+
+def fetch_gpt2_ranks(dest) -> Path:
+    """Write GPT-2's ranks to `dest`: `pip download` the openai-whisper sdist into a temporary
+    folder, take its gpt2.tiktoken, check its sha256, write it atomically. Raises OSError."""
+    dest = Path(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--quiet", GPT2_RANKS_PIP_SPEC, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise OSError(f"`pip download {GPT2_RANKS_PIP_SPEC}` failed: {last}")
+        archives = sorted(Path(tmp).glob("*.tar.gz"))
+        if not archives:
+            raise OSError(f"`pip download {GPT2_RANKS_PIP_SPEC}` brought no .tar.gz")
+        with tarfile.open(archives[0]) as tar:
+            member = next((m for m in tar.getmembers()
+                           if m.isfile() and m.name.endswith("/" + GPT2_RANKS_MEMBER)), None)
+            if member is None:
+                raise OSError(f"{archives[0].name} has no {GPT2_RANKS_MEMBER}")
+            data = tar.extractfile(member).read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != GPT2_RANKS_SHA256:
+        raise OSError(f"{GPT2_RANKS_MEMBER} from {GPT2_RANKS_PIP_SPEC} has sha256 {digest}, "
+                      f"not r50k_base's {GPT2_RANKS_SHA256}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dest = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    tmp_dest.write_bytes(data)
+    os.replace(tmp_dest, dest)
+    return dest
+
+
+def offline_gpt2_ranks(cache_dir=None) -> Path:
+    """A local copy of GPT-2's ranks: the one cached in `cache_dir` (default
+    gpt.data.default_cache_dir()) if its sha256 is right, else one fetched with pip into it.
+    Raises OSError when neither works."""
+    if cache_dir is None:
+        from gpt.data import default_cache_dir  # here: gpt.data imports this module
+
+        cache_dir = default_cache_dir()
+    path = Path(cache_dir) / GPT2_RANKS_FILE
+    if path.is_file() and _sha256(path) == GPT2_RANKS_SHA256:
+        return path
+    return fetch_gpt2_ranks(path)
+
+
 class GPT2Tokenizer(_TiktokenTokenizer):
     """GPT-2's BPE (50257 tokens, <|endoftext|> = 50256) through tiktoken.
 
     With `ranks_path=None` this is `tiktoken.get_encoding("gpt2")`, which downloads the
-    ranks once (then caches them). Offline, pass the path of a `gpt2.tiktoken` /
-    `r50k_base.tiktoken` ranks file.
+    ranks once (then caches them). When tiktoken cannot download them, the copy cached in
+    `gpt.data.default_cache_dir()` is used, and when there is none, it is fetched there with
+    pip (`offline_gpt2_ranks`). Or pass the path of a `gpt2.tiktoken` / `r50k_base.tiktoken`
+    ranks file.
     """
 
     name = "gpt2"
 
     def __init__(self, ranks_path=None):
         self.ranks_path = None if ranks_path is None else str(ranks_path)
-        if ranks_path is None:
+        if ranks_path is not None:
+            self.enc = _gpt2_encoding(ranks_path)
+        else:
             try:
                 self.enc = tiktoken.get_encoding("gpt2")
-            except Exception as e:
-                raise RuntimeError(
-                    f"could not load GPT-2's BPE ranks through tiktoken ({type(e).__name__}: {e}). "
-                    "Without network access pass ranks_path=/path/to/r50k_base.tiktoken "
-                    "(or gpt2.tiktoken), a tiktoken ranks file for GPT-2."
-                ) from e
-        else:
-            path = Path(ranks_path)
-            if not path.is_file():
-                raise FileNotFoundError(f"GPT-2 ranks file not found: {path}")
-            ranks = tiktoken.load.load_tiktoken_bpe(str(path))
-            if len(ranks) != GPT2_EOT_ID:
-                raise ValueError(
-                    f"{path} has {len(ranks)} ranks; GPT-2's r50k_base file has {GPT2_EOT_ID}"
-                )
-            self.enc = tiktoken.Encoding(
-                "gpt2",
-                pat_str=gpt2_pattern(),
-                mergeable_ranks=ranks,
-                special_tokens={GPT2_EOT: GPT2_EOT_ID},
-                explicit_n_vocab=GPT2_VOCAB_SIZE,
-            )
+            except Exception as tiktoken_err:  # requests' and OSError's many kinds, offline
+                try:
+                    self.enc = _gpt2_encoding(offline_gpt2_ranks())
+                except OSError as err:
+                    raise UsageError(
+                        f"GPT-2's BPE ranks are not on this machine: tiktoken could not "
+                        f"download them ({type(tiktoken_err).__name__}) and {err}; pass "
+                        f"--gpt2_ranks=/path/to/r50k_base.tiktoken (from Python: "
+                        f"ranks_path=...)") from None
         self.eot_token = GPT2_EOT_ID
 
     def to_dict(self) -> dict:

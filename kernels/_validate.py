@@ -14,6 +14,7 @@ import math
 import numbers
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -95,8 +96,9 @@ def _target(target, n_rows, n_classes, ignore_index, ref_name, ref):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     # One reduction and one host sync: cheap next to an (N, V) op, and a target outside
     # [0, V) would otherwise read out of bounds in a kernel. Skipped while torch.compile
-    # traces (a data-dependent branch would break the graph).
-    if torch.compiler.is_compiling():
+    # traces (a data-dependent branch would break the graph) and on tensors without data
+    # (fake or meta: the memory meter).
+    if torch.compiler.is_compiling() or target.is_meta or is_fake(target):
         return
     bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
     if n_rows and bool(bad.any()):
@@ -204,10 +206,14 @@ def check_cross_entropy(logits, target, ignore_index=-100, reduction="mean", *,
 
 
 def check_fused_linear_cross_entropy(x, weight, target, bias=None, ignore_index=-100,
-                                     reduction="mean", *, for_triton=False):
-    """x (N, C), weight (V, C), bias (V,) or None, one dtype and device; target (N,)."""
-    _floating("x", x, for_triton)
-    _floating("weight", weight, for_triton)
+                                     reduction="mean", *, for_triton=False, cast_to=None):
+    """x (N, C), weight (V, C), bias (V,) or None, one dtype and device; target (N,).
+
+    ``cast_to``: the dtype all three will be cast to before the matmuls (autocast's), which
+    then replaces the one-dtype rule.
+    """
+    _floating("x", x, for_triton and cast_to is None)
+    _floating("weight", weight, for_triton and cast_to is None)
     _rank("x", x, 2, "(N, C)")
     _rank("weight", weight, 2, "(V, C)")
     if weight.shape[1] != x.shape[1]:
@@ -218,9 +224,11 @@ def check_fused_linear_cross_entropy(x, weight, target, bias=None, ignore_index=
     if weight.shape[0] == 0:
         raise ValueError(f"weight must have at least one row (V > 0), got {_shape(weight)}")
     _same_device("weight", weight, "x", x)
-    _same_dtype("weight", weight, "x", x)
+    if cast_to is None:
+        _same_dtype("weight", weight, "x", x)
     if bias is not None:
         _vector("bias", bias, weight.shape[0], "x", x, "weight's rows V")
-        _same_dtype("bias", bias, "x", x)
+        if cast_to is None:
+            _same_dtype("bias", bias, "x", x)
     _reduction(reduction)
     _target(target, x.shape[0], weight.shape[0], ignore_index, "x", x)

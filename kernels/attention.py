@@ -21,21 +21,25 @@ the diagonal (or the ragged tail of the sequence) pay for one.
 
 Scores live in base 2: s2 = q.k * sm_scale * log2(e), so exp2 replaces exp, and the saved
 log-sum-exp is log2(sum_j 2^s2_j). Dropout keeps each probability with chance 1 - p using
-Philox (``tl.rand``) keyed on (seed, head, row, column); the backward regenerates the same
+Philox (``tl.philox``) keyed on (seed, head, row, column); the backward regenerates the same
 mask from the seed instead of storing it, and with ``dropout_p=0`` the RNG is compiled out.
 """
 
 import math
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from kernels import _autotune, register_triton
-from kernels._validate import check_attention
+from kernels import _autotune, reference
+from kernels._library import define_op, env_backend, launch, use_triton
+from kernels._validate import SUPPORTED_HEAD_DIMS, check_attention
 
-__all__ = ["flash_attention", "attention_forward", "attention_backward", "dropout_keep_mask"]
+__all__ = ["flash_attention", "attention_forward", "attention_backward", "attention_fwd",
+           "attention_bwd", "dropout_seed", "dropout_keep_mask"]
 
 _LOG2E = 1.4426950408889634
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -208,11 +212,14 @@ def _attn_fwd(
     V, stride_vb, stride_vh, stride_vt, stride_vd,  # (B, H, Tk, D) values
     Out, stride_ob, stride_oh, stride_ot, stride_od,  # (B, H, Tq, D) output
     LSE,  # (B*H, Tq) float32 base-2 log-sum-exp of the scaled scores, contiguous
-    H, N_CTX_Q, N_CTX_K, Q_BUCKET, K_BUCKET, qk_scale, seed, dropout_p, drop_scale,
+    H, N_CTX_Q, N_CTX_K, Q_BUCKET, K_BUCKET, qk_scale, SEED, dropout_p, drop_scale,  # SEED: (1,) int64, read when DROPOUT
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    seed = 0
+    if DROPOUT:  # (1,) int64 tensor: an input of the op, so compile and recomputation replay it
+        seed = tl.load(SEED)
     n_m = tl.cdiv(N_CTX_Q, BLOCK_M)
     pid_m = tl.program_id(0)
     if CAUSAL:  # the tiles near the end see the most keys: start them first
@@ -399,11 +406,14 @@ def _attn_bwd_dkdv(
     DK, stride_dkb, stride_dkh, stride_dkt, stride_dkd,  # (B, H, Tk, D) output dK
     DV, stride_dvb, stride_dvh, stride_dvt, stride_dvd,  # (B, H, Tk, D) output dV
     LSE, Delta,  # (B*H, Tq) float32 each, contiguous
-    H, N_CTX_Q, N_CTX_K, Q_BUCKET, K_BUCKET, sm_scale, qk_scale, seed, dropout_p, drop_scale,
+    H, N_CTX_Q, N_CTX_K, Q_BUCKET, K_BUCKET, sm_scale, qk_scale, SEED, dropout_p, drop_scale,  # SEED: (1,) int64, read when DROPOUT
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    seed = 0
+    if DROPOUT:  # (1,) int64 tensor: an input of the op, so compile and recomputation replay it
+        seed = tl.load(SEED)
     off_bh = tl.program_id(1).to(tl.int64)  # int64: head offsets pass 2^31 at scale
     off_b = off_bh // H
     off_h = off_bh % H
@@ -561,11 +571,14 @@ def _attn_bwd_dq(
     DO, stride_dob, stride_doh, stride_dot, stride_dod,  # (B, H, Tq, D) upstream gradient
     DQ, stride_dqb, stride_dqh, stride_dqt, stride_dqd,  # (B, H, Tq, D) output dQ
     LSE, Delta,  # (B*H, Tq) float32 each, contiguous
-    H, N_CTX_Q, N_CTX_K, Q_BUCKET, K_BUCKET, sm_scale, qk_scale, seed, dropout_p, drop_scale,
+    H, N_CTX_Q, N_CTX_K, Q_BUCKET, K_BUCKET, sm_scale, qk_scale, SEED, dropout_p, drop_scale,  # SEED: (1,) int64, read when DROPOUT
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    seed = 0
+    if DROPOUT:  # (1,) int64 tensor: an input of the op, so compile and recomputation replay it
+        seed = tl.load(SEED)
     n_m = tl.cdiv(N_CTX_Q, BLOCK_M)
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -624,10 +637,11 @@ def _attn_bwd_dq(
 @triton.jit
 def _dropout_mask_kernel(
     Keep,  # (B*H, Tq, Tk) int8 keep mask, contiguous
-    N_CTX_Q, N_CTX_K, seed, dropout_p,
+    N_CTX_Q, N_CTX_K, SEED, dropout_p,  # SEED: (1,) int64 dropout seed
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Write the keep mask the attention kernels draw (for tests and debugging only)."""
+    seed = tl.load(SEED)
     off_bh = tl.program_id(2).to(tl.int64)  # int64: B*H*Tq*Tk passes 2^31
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -697,10 +711,16 @@ def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
-def attention_forward(q, k, v, causal, sm_scale, dropout_p=0.0, seed=0):
+def _seed_arg(seed, placeholder):
+    """The SEED pointer: the seed tensor, or any tensor when there is no dropout (unread)."""
+    return seed if seed is not None else placeholder
+
+
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, sm_scale: float,
+                      dropout_p: float, seed: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Run the forward kernel: returns (out (B, H, Tq, D), lse (B*H, Tq) float32, base 2).
 
-    Arguments are assumed validated; ``sm_scale`` is a float.
+    Arguments are assumed validated; ``seed`` is a (1,) int64 tensor when dropout_p > 0.
     """
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
@@ -713,16 +733,19 @@ def attention_forward(q, k, v, causal, sm_scale, dropout_p=0.0, seed=0):
     def grid(meta):
         return (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)
 
-    _attn_fwd[grid](
+    launch(_attn_fwd)[grid](
         q, *_strides(q), k, *_strides(k), v, *_strides(v), out, *_strides(out), lse,
-        H, Tq, Tk, _bucket(Tq), _bucket(Tk), sm_scale * _LOG2E, seed, *_drop_args(dropout_p),
+        H, Tq, Tk, _bucket(Tq), _bucket(Tk), sm_scale * _LOG2E, _seed_arg(seed, lse),
+        *_drop_args(dropout_p),
         HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout_p > 0.0,
         UPCAST=_upcast(q.dtype), DOT_PRECISION=_dot_precision(q.dtype),
     )
     return out, lse
 
 
-def attention_backward(do, q, k, v, out, lse, causal, sm_scale, dropout_p=0.0, seed=0):
+def attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                       causal: bool, sm_scale: float, dropout_p: float,
+                       seed: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Run the three backward kernels: returns (dq, dk, dv) in q's dtype, q/k/v's shapes."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
@@ -734,19 +757,19 @@ def attention_backward(do, q, k, v, out, lse, causal, sm_scale, dropout_p=0.0, s
         return dq, dk.zero_(), dv.zero_()  # our own buffers; no query sees any key
     delta = torch.empty(B * H, Tq, dtype=torch.float32, device=q.device)
     pre_block = 64
-    _attn_bwd_preprocess[(triton.cdiv(Tq, pre_block), B * H)](
+    launch(_attn_bwd_preprocess)[(triton.cdiv(Tq, pre_block), B * H)](
         out, *_strides(out), do, *_strides(do), delta, H, Tq,
         HEAD_DIM=D, BLOCK_M=pre_block,
     )
     common = dict(HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout_p > 0.0,
                   UPCAST=_upcast(q.dtype), DOT_PRECISION=_dot_precision(q.dtype))
-    scalars = (H, Tq, Tk, _bucket(Tq), _bucket(Tk), sm_scale, sm_scale * _LOG2E, seed,
-               *_drop_args(dropout_p))
+    scalars = (H, Tq, Tk, _bucket(Tq), _bucket(Tk), sm_scale, sm_scale * _LOG2E,
+               _seed_arg(seed, lse), *_drop_args(dropout_p))
 
     def grid_k(meta):
         return (triton.cdiv(Tk, meta["BLOCK_N"]), B * H)
 
-    _attn_bwd_dkdv[grid_k](
+    launch(_attn_bwd_dkdv)[grid_k](
         q, *_strides(q), k, *_strides(k), v, *_strides(v), do, *_strides(do),
         dk, *_strides(dk), dv, *_strides(dv), lse, delta, *scalars, **common,
     )
@@ -754,49 +777,62 @@ def attention_backward(do, q, k, v, out, lse, causal, sm_scale, dropout_p=0.0, s
     def grid_q(meta):
         return (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)
 
-    _attn_bwd_dq[grid_q](
+    launch(_attn_bwd_dq)[grid_q](
         q, *_strides(q), k, *_strides(k), v, *_strides(v), do, *_strides(do),
         dq, *_strides(dq), lse, delta, *scalars, **common,
     )
     return dq, dk, dv
 
 
+def dropout_seed(device):
+    """A (1,) int64 dropout seed drawn from torch's generator for ``device``: seeded by
+    ``torch.manual_seed``, restored by activation checkpointing, traced by torch.compile."""
+    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
+
+
 def dropout_keep_mask(B, H, Tq, Tk, dropout_p, seed, device):
-    """(B, H, Tq, Tk) bool: the attention-dropout keep mask the kernels use for ``seed``.
+    """(B, H, Tq, Tk) bool: the attention-dropout keep mask the kernels use for ``seed``
+    (a (1,) int64 tensor, as from ``dropout_seed``).
 
     For tests: a reference that applies this mask must match the kernel exactly.
     """
     keep = torch.empty(B * H, Tq, Tk, dtype=torch.int8, device=device)
     block = 32
     grid = (triton.cdiv(Tq, block), triton.cdiv(Tk, block), B * H)
-    _dropout_mask_kernel[grid](keep, Tq, Tk, seed, float(dropout_p),
-                               BLOCK_M=block, BLOCK_N=block)
+    launch(_dropout_mask_kernel)[grid](keep, Tq, Tk, seed.to(device), float(dropout_p),
+                                       BLOCK_M=block, BLOCK_N=block)
     return keep.view(B, H, Tq, Tk).bool()
 
 
-# --------------------------------------------------------------------------- autograd
+# --------------------------------------------------------------------------- registration
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: forward saves (q, k, v, out, lse, seed); backward recomputes P."""
+attention_fwd = define_op("flash_attention_fwd", attention_forward)
+attention_bwd = define_op("flash_attention_bwd", attention_backward)
 
-    @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale, dropout_p, seed):
-        out, lse = attention_forward(q, k, v, causal, sm_scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.sm_scale, ctx.dropout_p, ctx.seed = causal, sm_scale, dropout_p, seed
-        return out
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(do, q, k, v, out, lse, ctx.causal, ctx.sm_scale,
-                                        ctx.dropout_p, ctx.seed)
-        return dq, dk, dv, None, None, None, None
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, sm_scale, dropout_p, seed = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)  # saved for backward, not a result
+    ctx.save_for_backward(q, k, v, out, lse, seed)
+    ctx.causal, ctx.sm_scale, ctx.dropout_p = causal, sm_scale, dropout_p
+
+
+def _backward(ctx, do, _dlse):
+    # the probabilities are recomputed from q, k and the saved log-sum-exp (and the
+    # dropout mask from the seed): nothing of size Tq x Tk was stored
+    q, k, v, out, lse, seed = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(do, q, k, v, out, lse, ctx.causal, ctx.sm_scale,
+                               ctx.dropout_p, seed)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- public
 
-def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0):
+def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0, backend="auto"):
     """softmax(q @ k^T * sm_scale [+ causal mask]) @ v with Triton kernels, forward and backward.
 
     q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D) in q's dtype; D in 16, 32, 64,
@@ -804,12 +840,18 @@ def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0):
     transposed views are read in place). ``sm_scale`` defaults to 1/sqrt(D). With ``causal``
     the mask is bottom-right aligned (queries are the last Tq of Tk positions; Tq <= Tk).
     ``dropout_p`` drops attention probabilities (survivors scaled by 1/(1-p)) with a Philox
-    mask seeded from torch's CPU generator, so ``torch.manual_seed`` makes it reproducible.
+    mask whose seed is drawn from torch's generator on q's device (``dropout_seed``), so
+    ``torch.manual_seed`` makes it reproducible.
 
     Under ``torch.autocast`` q, k and v are cast to the autocast dtype first, as
     ``scaled_dot_product_attention`` is; the output's grid (B, H, Tq, D) is a transposed view
-    of a (B, Tq, H, D) buffer.
+    of a (B, Tq, H, D) buffer. ``backend``: "auto" (Triton where it runs and the head dim is
+    supported, else the reference), "triton" or "torch".
     """
+    head_dim_ok = not isinstance(q, torch.Tensor) or q.dim() != 4 or q.shape[-1] in SUPPORTED_HEAD_DIMS
+    if (not use_triton(backend, q, k, v)
+            or (backend == "auto" and env_backend() == "auto" and not head_dim_ok)):
+        return reference.flash_attention(q, k, v, causal, sm_scale, dropout_p=dropout_p)
     check_attention(q, k, v, causal, sm_scale, dropout_p, for_triton=True)
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
@@ -821,9 +863,6 @@ def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0):
                          f"Triton attention kernel launches at most {_MAX_GRID_Y}")
     scale = 1.0 / math.sqrt(q.shape[3]) if sm_scale is None else float(sm_scale)
     dropout_p = float(dropout_p)
-    # Drawn on the CPU generator: no device sync, and seeded by torch.manual_seed
-    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
-    return FlashAttentionFunction.apply(q, k, v, bool(causal), scale, dropout_p, seed)
-
-
-register_triton("flash_attention", flash_attention)
+    seed = dropout_seed(q.device) if dropout_p > 0.0 else None
+    out, _ = attention_fwd(q, k, v, bool(causal), scale, dropout_p, seed)
+    return out

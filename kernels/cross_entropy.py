@@ -23,11 +23,14 @@ would flush float16 gradients to zero for a large batch before the loss scale co
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from kernels import register_triton
+from kernels import reference
+from kernels._library import define_op, launch, use_triton
 from kernels._validate import check_cross_entropy
 
-__all__ = ["cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "block_config"]
+__all__ = ["cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_loss",
+           "cross_entropy_fwd", "cross_entropy_bwd", "block_config"]
 
 
 @triton.jit
@@ -105,6 +108,7 @@ _MAX_BLOCK_V = 4096
 
 def block_config(V):
     """(BLOCK_V, num_warps) for a vocabulary of V columns; wider rows loop over blocks."""
+    V = int(V)  # a symbolic size under torch.compile's dynamic shapes: tiles specialize on it
     block = min(triton.next_power_of_2(V), _MAX_BLOCK_V)
     num_warps = 8 if block >= 2048 else (4 if block >= 512 else 2)
     return block, num_warps
@@ -145,7 +149,7 @@ def cross_entropy_forward(logits, target, ignore_index, grad_out=None, grad_scal
     if N == 0:
         return loss, lse
     block, num_warps = block_config(V)
-    _cross_entropy_fwd[(N,)](
+    launch(_cross_entropy_fwd)[(N,)](
         logits, logits.stride(0),
         target, target.stride(0),
         loss, lse,
@@ -157,7 +161,7 @@ def cross_entropy_forward(logits, target, ignore_index, grad_out=None, grad_scal
     return loss, lse
 
 
-def cross_entropy_backward(dlogits, grad_loss, scale):
+def cross_entropy_backward(dlogits: Tensor, grad_loss: Tensor, scale: Tensor) -> Tensor:
     """New (N, V) tensor ``dlogits * grad_loss[row] * scale`` in dlogits' dtype.
 
     ``grad_loss`` holds one value (broadcast to every row) or N values; ``scale`` one float32
@@ -170,7 +174,7 @@ def cross_entropy_backward(dlogits, grad_loss, scale):
     grad_loss = grad_loss.reshape(-1)
     grad_stride = 0 if grad_loss.numel() == 1 else grad_loss.stride(0)
     block, num_warps = block_config(V)
-    _cross_entropy_bwd[(N, triton.cdiv(V, block))](
+    launch(_cross_entropy_bwd)[(N, triton.cdiv(V, block))](
         dlogits, dlogits.stride(0),
         grad_loss, grad_stride,
         scale,
@@ -196,36 +200,56 @@ def reduce_loss(loss_rows, scale, reduction):
     return (loss_rows.sum() * scale).reshape(())
 
 
-class _CrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, target, ignore_index, reduction):
-        dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        loss_rows, _ = cross_entropy_forward(logits, target, ignore_index, grad_out=dlogits)
-        scale = reduction_scale(target, ignore_index, reduction, logits.device)
-        ctx.save_for_backward(dlogits, scale)
-        return reduce_loss(loss_rows, scale, reduction)
+def cross_entropy_loss(logits: Tensor, target: Tensor, ignore_index: int, reduction: str,
+                       need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The reduced float32 loss of validated (N, V) logits, plus what backward needs.
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        dlogits, scale = ctx.saved_tensors
-        grad = cross_entropy_backward(dlogits, grad_loss.to(torch.float32), scale)
-        return grad, None, None, None
+    Returns (loss, dlogits, scale): dlogits is ``softmax - onehot`` in the logits' dtype,
+    written by the same launch ((0,) when not ``need_grad``), scale the (1,) float32
+    reduction scale.
+    """
+    dlogits = torch.empty(logits.shape if need_grad else (0,), dtype=logits.dtype,
+                          device=logits.device)
+    loss_rows, _ = cross_entropy_forward(logits, target, ignore_index,
+                                         grad_out=dlogits if need_grad else None)
+    scale = reduction_scale(target, ignore_index, reduction, logits.device)
+    return reduce_loss(loss_rows, scale, reduction), dlogits, scale
 
 
-def cross_entropy(logits, target, ignore_index=-100, reduction="mean"):
+# --------------------------------------------------------------------------- registration
+
+cross_entropy_fwd = define_op("cross_entropy_fwd", cross_entropy_loss)
+cross_entropy_bwd = define_op("cross_entropy_bwd", cross_entropy_backward)
+
+
+def _setup_context(ctx, inputs, output):
+    _loss, dlogits, scale = output
+    ctx.mark_non_differentiable(dlogits, scale)  # saved for backward, not results
+    ctx.save_for_backward(dlogits, scale)
+
+
+def _backward(ctx, grad_loss, _ddlogits, _dscale):
+    dlogits, scale = ctx.saved_tensors
+    return cross_entropy_bwd(dlogits, grad_loss.to(torch.float32), scale), None, None, None, None
+
+
+cross_entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public
+
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", *, backend="auto"):
     """-log softmax(logits)[target] per row: logits (N, V) float32/float16/bfloat16, target (N,).
 
     ``reduction``: "mean" over non-ignored rows (0 when all are ignored), "sum", or "none".
     The loss is float32 (as ``F.cross_entropy`` under autocast); the logits' gradient comes
     back in their dtype. Without a gradient to compute (``torch.no_grad()`` or logits that do
     not require grad) only the loss is computed and no (N, V) buffer is allocated.
+    ``backend``: "auto" (Triton where it runs, else the reference), "triton" or "torch".
     """
+    if not use_triton(backend, logits, target):
+        return reference.cross_entropy(logits, target, ignore_index, reduction)
     check_cross_entropy(logits, target, ignore_index, reduction, for_triton=True)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        return _CrossEntropy.apply(logits, target, ignore_index, reduction)
-    loss_rows, _ = cross_entropy_forward(logits, target, ignore_index)
-    scale = reduction_scale(target, ignore_index, reduction, logits.device)
-    return reduce_loss(loss_rows, scale, reduction)
-
-
-register_triton("cross_entropy", cross_entropy)
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, _, _ = cross_entropy_fwd(logits, target, ignore_index, reduction, need_grad)
+    return loss

@@ -40,14 +40,19 @@ Memory (GPT-2 sizes, bf16 under autocast): one 128 x 50304 chunk buffer (12.9 MB
 place, so ``backward(retain_graph=True)`` twice gives the same answer.
 """
 
+from typing import Optional
+
 import torch
 import triton
+from torch import Tensor
 
-from kernels import register_triton
+from kernels import reference
+from kernels._library import define_op, use_triton
 from kernels._validate import check_fused_linear_cross_entropy
 from kernels.cross_entropy import cross_entropy_forward, reduce_loss, reduction_scale
 
-__all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass"]
+__all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_forward",
+           "flce_backward_none", "flce_fwd", "flce_bwd_none"]
 
 _MIN_CHUNK_ROWS = 64
 _MAX_CHUNK_ROWS = 1024
@@ -61,6 +66,7 @@ def chunk_rows(N, V, C):
     GPT-2 training (N=8192, C=768, V=50304): ceil(V/C) = 66, 8192/66 -> 128 rows, a
     128 x 50304 chunk: 12.9 MB in bfloat16 against 824 MB for all the logits.
     """
+    N, V, C = int(N), int(V), int(C)  # symbolic under dynamic shapes: chunks specialize on them
     rows = triton.next_power_of_2(max(1, triton.cdiv(N, triton.cdiv(V, C))))
     return max(1, min(N, max(_MIN_CHUNK_ROWS, min(_MAX_CHUNK_ROWS, rows))))
 
@@ -117,91 +123,121 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     return loss_rows, grad_x, grad_weight, grad_bias
 
 
-class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """Inputs x, weight, bias are the caller's tensors (their dtypes set the gradients');
-    x_c, weight_c, bias_c are detached copies in the compute dtype (the same tensors when no
-    cast was needed) that the matmuls use."""
+def _compute_copies(x, weight, bias, dtype):
+    """x, weight, bias in the matmuls' dtype: themselves, or copies cast to ``dtype``."""
+    if dtype is None:
+        return x, weight, bias
+    return x.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, target, x_c, weight_c, bias_c, ignore_index, reduction):
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        need_bias = need_bias and bias is not None
+
+def _caller_dtypes(grads, x, weight, bias):
+    """The float32 gradients in the dtypes of the tensors the caller passed ((0,) if absent)."""
+    gx, gw, gb = grads
+    return (gx.to(x.dtype) if gx is not None else x.new_empty(0),
+            gw.to(weight.dtype) if gw is not None else x.new_empty(0),
+            gb.to(bias.dtype) if gb is not None else x.new_empty(0))
+
+
+def flce_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
+                 ignore_index: int, reduction: str, compute_dtype: Optional[torch.dtype],
+                 need_x: bool, need_weight: bool,
+                 need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad_x, grad_weight, grad_bias, scale) of validated inputs.
+
+    The matmuls run in ``compute_dtype`` (the autocast dtype) or in x's dtype. For "mean" and
+    "sum" the requested gradients of the *sum* of the losses come back in float32 ((0,) when
+    not requested) and ``scale`` is the reduction's (1,) float32 factor; for "none" no
+    gradient is computed here (backward recomputes: see the module docstring).
+    """
+    x_c, weight_c, bias_c = _compute_copies(x, weight, bias, compute_dtype)
+    scale = reduction_scale(target, ignore_index, reduction, x.device)
+    with torch.autocast(x.device.type, enabled=False):
+        if reduction == "none":
+            loss_rows, *grads = flce_pass(x_c, weight_c, bias_c, target, ignore_index)
+        else:
+            loss_rows, *grads = flce_pass(x_c, weight_c, bias_c, target, ignore_index,
+                                          need_x=need_x, need_weight=need_weight,
+                                          need_bias=need_bias and bias is not None)
+    empty = x.new_empty(0, dtype=torch.float32)
+    gx, gw, gb = (g if g is not None else empty.clone() for g in grads)
+    return reduce_loss(loss_rows, scale, reduction), gx, gw, gb, scale
+
+
+def flce_backward_none(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor,
+                       grad_loss: Tensor, ignore_index: int,
+                       compute_dtype: Optional[torch.dtype], need_x: bool, need_weight: bool,
+                       need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients for reduction "none": the chunk loop again, each row of softmax - onehot
+    weighted by its upstream gradient ``grad_loss`` (N,). In the caller's dtypes."""
+    x_c, weight_c, bias_c = _compute_copies(x, weight, bias, compute_dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        _, *grads = flce_pass(x_c, weight_c, bias_c, target, ignore_index,
+                              grad_scale=grad_loss.to(torch.float32), need_x=need_x,
+                              need_weight=need_weight, need_bias=need_bias and bias is not None)
+    return _caller_dtypes(grads, x, weight, bias)
+
+
+# --------------------------------------------------------------------------- registration
+
+flce_fwd = define_op("fused_linear_cross_entropy_fwd", flce_forward)
+flce_bwd_none = define_op("fused_linear_cross_entropy_bwd_none", flce_backward_none)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, target, ignore_index, reduction, compute_dtype, *needs = inputs
+    _loss, gx, gw, gb, scale = output
+    ctx.mark_non_differentiable(gx, gw, gb, scale)  # saved for backward, not results
+    ctx.reduction = reduction
+    if reduction == "none":
+        ctx.save_for_backward(x, weight, bias, target)
+        ctx.args = (ignore_index, compute_dtype, *needs)
+    else:
+        ctx.save_for_backward(gx, gw, gb, scale)
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        ctx.ignore_index, ctx.reduction = ignore_index, reduction
-        ctx.needs = (need_x, need_weight, need_bias)
-        scale = reduction_scale(target, ignore_index, reduction, x.device)
-        with torch.autocast(x.device.type, enabled=False):
-            if reduction == "none":
-                # per-row upstream gradients: recompute in backward (see the module docstring)
-                loss_rows, *_ = flce_pass(x_c, weight_c, bias_c, target, ignore_index)
-                ctx.save_for_backward(x_c, weight_c, bias_c, target)
-            else:
-                loss_rows, gx, gw, gb = flce_pass(
-                    x_c, weight_c, bias_c, target, ignore_index,
-                    need_x=need_x, need_weight=need_weight, need_bias=need_bias,
-                )
-                ctx.save_for_backward(gx, gw, gb, scale)
-        return reduce_loss(loss_rows, scale, reduction)
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        need_x, need_weight, need_bias = ctx.needs
-        with torch.autocast(grad_loss.device.type, enabled=False):
-            if ctx.reduction == "none":
-                x_c, weight_c, bias_c, target = ctx.saved_tensors
-                _, gx, gw, gb = flce_pass(
-                    x_c, weight_c, bias_c, target, ctx.ignore_index,
-                    grad_scale=grad_loss.to(torch.float32),
-                    need_x=need_x, need_weight=need_weight, need_bias=need_bias,
-                )
-            else:
-                gx, gw, gb, scale = ctx.saved_tensors
-                g = grad_loss.to(torch.float32) * scale  # (1,): upstream x 1/n_valid
-                gx = gx * g if gx is not None else None
-                gw = gw * g if gw is not None else None
-                gb = gb * g if gb is not None else None
+
+def _backward(ctx, grad_loss, *_):
+    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+    if ctx.reduction == "none":
+        x, weight, bias, target = ctx.saved_tensors
+        gx, gw, gb = flce_bwd_none(x, weight, bias, target, grad_loss, *ctx.args)
+    else:
+        # the forward already holds the gradients of the summed loss: scale them by
+        # upstream x 1/n_valid (new tensors: backward twice gives the same answer)
+        gx, gw, gb, scale = ctx.saved_tensors
+        g = grad_loss.to(torch.float32) * scale
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        return (
-            gx.to(x_dtype) if gx is not None else None,
-            gw.to(w_dtype) if gw is not None else None,
-            gb.to(b_dtype) if gb is not None else None,
-            None, None, None, None, None, None,
-        )
+        gx, gw = (gx * g).to(x_dtype), (gw * g).to(w_dtype)
+        gb = (gb * g).to(b_dtype) if b_dtype is not None else None
+    return (gx if need_x else None, gw if need_weight else None, gb if need_bias else None,
+            None, None, None, None, None, None, None)
 
 
-def _autocast_copy(t, dtype):
-    """A detached copy of a float16/32 or bfloat16 tensor in ``dtype`` (others unchanged)."""
-    if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        return t.detach().to(dtype)
-    return t
+flce_fwd.register_autograd(_backward, setup_context=_setup_context)
 
+
+# --------------------------------------------------------------------------- public
 
 def fused_linear_cross_entropy(x, weight, target, bias=None, ignore_index=-100,
-                               reduction="mean"):
+                               reduction="mean", *, backend="auto"):
     """cross_entropy(x @ weight.T + bias, target) without the (N, V) logits.
 
     x (N, C), weight (V, C), bias (V,) or None, target (N,); reductions as in
     ``kernels.cross_entropy``; the loss is float32. Under autocast x, weight and bias are cast
     to the autocast dtype like ``F.linear`` casts them; gradients come back in the dtypes the
-    caller passed. Under ``torch.no_grad()`` (or when no input requires grad) only the loss is
-    computed.
+    caller passed (from float32 accumulators). Under ``torch.no_grad()`` (or when no input
+    requires grad) only the loss is computed.
+    ``backend``: "auto" (Triton where it runs, else the reference), "triton" or "torch".
     """
+    if not use_triton(backend, x, weight, target, bias):
+        return reference.fused_linear_cross_entropy(x, weight, target, bias, ignore_index,
+                                                    reduction)
+    dtype = None
     if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
-        x_c, weight_c, bias_c = (_autocast_copy(t, dtype) for t in (x, weight, bias))
-    else:
-        x_c, weight_c, bias_c = (t.detach() if isinstance(t, torch.Tensor) else t
-                                 for t in (x, weight, bias))
-    check_fused_linear_cross_entropy(x_c, weight_c, target, bias_c, ignore_index, reduction,
-                                     for_triton=True)
-    inputs = [t for t in (x, weight, bias) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _FusedLinearCrossEntropy.apply(x, weight, bias, target, x_c, weight_c, bias_c,
-                                              ignore_index, reduction)
-    with torch.autocast(x.device.type, enabled=False):
-        loss_rows, *_ = flce_pass(x_c, weight_c, bias_c, target, ignore_index)
-    scale = reduction_scale(target, ignore_index, reduction, x.device)
-    return reduce_loss(loss_rows, scale, reduction)
-
-
-register_triton("fused_linear_cross_entropy", fused_linear_cross_entropy)
+    check_fused_linear_cross_entropy(x, weight, target, bias, ignore_index, reduction,
+                                     for_triton=True, cast_to=dtype)
+    grad = torch.is_grad_enabled()
+    needs = [grad and t is not None and t.requires_grad for t in (x, weight, bias)]
+    loss, *_ = flce_fwd(x, weight, bias, target, ignore_index, reduction, dtype, *needs)
+    return loss

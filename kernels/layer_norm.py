@@ -11,14 +11,19 @@ column-block. Both reductions run in a fixed order with no atomics, so two backw
 on the same inputs give bit-identical gradients.
 """
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from kernels import register_triton
+from kernels import reference
+from kernels._library import define_op, launch, use_triton
 from kernels._validate import check_layer_norm
 
-__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward"]
+__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "layer_norm_fwd",
+           "layer_norm_bwd"]
 
 # Widest row the kernels hold in one block; a row must fit in one program's registers.
 MAX_WIDTH = 16384
@@ -160,6 +165,7 @@ def _row_config(C):
             f"x's last dim C={C} is wider than the Triton LayerNorm supports ({MAX_WIDTH}); "
             f"use the torch backend"
         )
+    C = int(C)  # a symbolic size under torch.compile's dynamic shapes: tiles specialize on it
     block_c = triton.next_power_of_2(C)
     # narrow rows: several per program, so each program moves at least ~2K elements
     block_m = max(1, min(16, 2048 // block_c))
@@ -185,7 +191,8 @@ def _as_rows(t, C):
     return t.reshape(-1, C)
 
 
-def layer_norm_forward(x, weight, bias, eps):
+def layer_norm_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """x (M, C) -> (y (M, C) in x's dtype, mean (M,) float32, rstd (M,) float32)."""
     M, C = x.shape
     y = torch.empty((M, C), dtype=x.dtype, device=x.device)
@@ -195,7 +202,7 @@ def layer_norm_forward(x, weight, bias, eps):
         return y, mean, rstd
     block_m, block_c, num_warps = _row_config(C)
     grid = (triton.cdiv(M, block_m),)
-    _layer_norm_fwd[grid](
+    launch(_layer_norm_fwd)[grid](
         x, x.stride(0), x.stride(1),
         weight, bias if bias is not None else weight,
         y, y.stride(0),
@@ -206,14 +213,15 @@ def layer_norm_forward(x, weight, bias, eps):
     return y, mean, rstd
 
 
-def layer_norm_backward(dy, x, weight, bias, mean, rstd):
-    """dy, x (M, C) -> (dx (M, C) in x's dtype, dweight (C,), dbias (C,) or None)."""
+def layer_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dy, x (M, C) -> (dx (M, C) in x's dtype, dweight (C,), dbias (C,); (0,) without bias)."""
     M, C = x.shape
     dx = torch.empty((M, C), dtype=x.dtype, device=x.device)
     has_bias = bias is not None
     if M == 0:
         dw = torch.zeros_like(weight)
-        return dx, dw, torch.zeros_like(bias) if has_bias else None
+        return dx, dw, torch.zeros_like(bias) if has_bias else weight.new_empty(0)
     block_m, block_c, num_warps = _row_config(C)
     G = _backward_programs(M, block_m, x.device)
     # rows per program, a whole number of BLOCK_M tiles
@@ -221,7 +229,7 @@ def layer_norm_backward(dy, x, weight, bias, mean, rstd):
     G = triton.cdiv(M, rows_per_program)
     dw_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
     db_part = torch.empty((G, C), dtype=torch.float32, device=x.device) if has_bias else dw_part
-    _layer_norm_bwd_dx[(G,)](
+    launch(_layer_norm_bwd_dx)[(G,)](
         x, x.stride(0), x.stride(1),
         dy, dy.stride(0), dy.stride(1),
         weight, mean, rstd,
@@ -232,48 +240,54 @@ def layer_norm_backward(dy, x, weight, bias, mean, rstd):
     )
     dw = torch.empty(C, dtype=weight.dtype, device=x.device)
     db = torch.empty(C, dtype=bias.dtype, device=x.device) if has_bias else None
-    block_c2 = min(128, triton.next_power_of_2(C))
-    _layer_norm_bwd_dwdb[(triton.cdiv(C, block_c2),)](
+    block_c2 = min(128, triton.next_power_of_2(int(C)))
+    launch(_layer_norm_bwd_dwdb)[(triton.cdiv(C, block_c2),)](
         dw_part, db_part, dw, db if has_bias else dw,
         G, C,
         HAS_BIAS=has_bias, BLOCK_G=32, BLOCK_C=block_c2, num_warps=4,
     )
-    return dx, dw, db
+    return dx, dw, db if has_bias else weight.new_empty(0)
 
 
-class LayerNormFunction(torch.autograd.Function):
-    """Autograd wrapper: saves x, weight, bias and the float32 (mean, rstd) of each row."""
+# --------------------------------------------------------------------------- registration
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        shape = x.shape
-        x2 = _as_rows(x, shape[-1])
-        # the kernels read weight and bias with unit stride
-        weight = weight.contiguous()
-        bias = bias.contiguous() if bias is not None else None
-        y, mean, rstd = layer_norm_forward(x2, weight, bias, eps)
-        ctx.save_for_backward(x2, weight, bias, mean, rstd)
-        return y.view(shape)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, bias, mean, rstd = ctx.saved_tensors
-        dx, dw, db = layer_norm_backward(_as_rows(dy, x2.shape[1]), x2, weight, bias, mean, rstd)
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
-        return (dx.view(dy.shape) if need_x else None, dw if need_w else None,
-                db if need_b else None, None)
+layer_norm_fwd = define_op("layer_norm_fwd", layer_norm_forward)
+layer_norm_bwd = define_op("layer_norm_bwd", layer_norm_backward)
 
 
-def layer_norm(x, weight, bias, eps=1e-5):
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _eps = inputs
+    _y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)  # statistics for backward, not results
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = layer_norm_bwd(dy, x, weight, bias, mean, rstd)
+    need_x, need_w, need_b, _ = ctx.needs_input_grad
+    return dx if need_x else None, dw if need_w else None, db if need_b else None, None
+
+
+layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public
+
+def layer_norm(x, weight, bias, eps=1e-5, *, backend="auto"):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim of x (..., C).
 
     Float32 statistics and math whatever the dtypes; the output has x's dtype (under
     autocast too, like ``kernels.reference.layer_norm``: no cast to the autocast dtype), the
     gradients have the dtypes of x, weight and bias. ``bias`` may be None. Any layout of x is
     accepted (read through strides, or copied when (..., C) cannot be viewed as rows).
+    ``backend``: "auto" (Triton where it runs, else the reference), "triton" or "torch".
     """
+    if not use_triton(backend, x, weight, bias):
+        return reference.layer_norm(x, weight, bias, eps)
     check_layer_norm(x, weight, bias, eps, for_triton=True)
-    return LayerNormFunction.apply(x, weight, bias, float(eps))
-
-
-register_triton("layer_norm", layer_norm)
+    shape = x.shape
+    # the kernels read weight and bias with unit stride
+    bias = bias.contiguous() if bias is not None else None
+    y, _, _ = layer_norm_fwd(_as_rows(x, shape[-1]), weight.contiguous(), bias, float(eps))
+    return y.view(shape)

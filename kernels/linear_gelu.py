@@ -19,15 +19,19 @@ Precision: accumulation is float32. float32 operands use IEEE ``tl.dot`` unless
 
 import math
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from kernels import _autotune, register_triton
+from kernels import _autotune, reference
+from kernels._library import define_op, launch, use_triton
 from kernels._validate import check_linear_gelu
 
-__all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward"]
+__all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward", "linear_gelu_fwd",
+           "linear_gelu_bwd"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -356,17 +360,19 @@ def _dot_precision(dtype, device):
     return "ieee"
 
 
-def linear_gelu_forward(x, weight, bias, store_h):
-    """x (M, K), weight (N, K), bias (N,) or None -> (y (M, N), h (M, N) or None)."""
+def linear_gelu_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        store_h: bool) -> tuple[Tensor, Tensor]:
+    """x (M, K), weight (N, K), bias (N,) or None -> (y (M, N), h (M, N); h is (0,) unless
+    ``store_h``)."""
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    h = torch.empty((M, N), dtype=x.dtype, device=x.device) if store_h else None
+    h = torch.empty((M, N) if store_h else (0,), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y, h
     if bias is not None:
         bias = bias.contiguous()  # read with unit stride
-    _linear_gelu_fwd[_grid(M, N, "BLOCK_M", "BLOCK_N")](
+    launch(_linear_gelu_fwd)[_grid(M, N, "BLOCK_M", "BLOCK_N")](
         x, x.stride(0), x.stride(1),
         weight, weight.stride(0), weight.stride(1),
         bias if bias is not None else weight,
@@ -379,11 +385,12 @@ def linear_gelu_forward(x, weight, bias, store_h):
     return y, h
 
 
-def linear_gelu_backward(dy, h, x, weight, has_bias, need_dx, need_dw):
-    """dy, h (M, N), x (M, K), weight (N, K) -> (dx or None, dweight or None, dbias or None).
+def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
+                         need_dx: bool, need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """dy, h (M, N), x (M, K), weight (N, K) -> (dx (M, K), dweight (N, K), dbias (N,)).
 
-    dbias is computed with dweight (same kernel), so it is returned when ``need_dw`` and
-    ``has_bias``.
+    What is not asked for comes back as an empty (0,) tensor. dbias is computed with dweight
+    (same kernel), so it is returned when ``need_dw`` and ``has_bias``.
     """
     M, K = x.shape
     N = weight.shape[0]
@@ -394,7 +401,7 @@ def linear_gelu_backward(dy, h, x, weight, has_bias, need_dx, need_dw):
         if N == 0:
             dx.zero_()  # our own buffer: no rows of W, no contribution
         elif M > 0 and K > 0:
-            _linear_gelu_bwd_dx[_grid(M, K, "BLOCK_M", "BLOCK_K")](
+            launch(_linear_gelu_bwd_dx)[_grid(M, K, "BLOCK_M", "BLOCK_K")](
                 dy, dy.stride(0), dy.stride(1),
                 h, h.stride(0), h.stride(1),
                 weight, weight.stride(0), weight.stride(1),
@@ -413,7 +420,7 @@ def linear_gelu_backward(dy, h, x, weight, has_bias, need_dx, need_dw):
             # at least one K-tile even when K == 0: its program still writes dbias
             grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"])
                                  * max(1, triton.cdiv(K, meta["BLOCK_K"])),)
-            _linear_gelu_bwd_dw[grid](
+            launch(_linear_gelu_bwd_dw)[grid](
                 dy, dy.stride(0), dy.stride(1),
                 h, h.stride(0), h.stride(1),
                 x, x.stride(0), x.stride(1),
@@ -422,32 +429,34 @@ def linear_gelu_backward(dy, h, x, weight, has_bias, need_dx, need_dw):
                 M, N, K,
                 HAS_BIAS=has_bias, DOT_PRECISION=precision,
             )
-    return dx, dw, db
+    return tuple(t if t is not None else x.new_empty(0) for t in (dx, dw, db))
 
 
-class LinearGeluFunction(torch.autograd.Function):
-    """Autograd wrapper: saves x, weight and the pre-activation h (not y) for backward."""
+# --------------------------------------------------------------------------- registration
 
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        shape = x.shape
-        x2 = _as_rows(x)
-        y, h = linear_gelu_forward(x2, weight, bias, store_h=True)
-        ctx.save_for_backward(x2, weight, h)
-        ctx.has_bias = bias is not None
-        return y.view(*shape[:-1], weight.shape[0])
+linear_gelu_fwd = define_op("linear_gelu_fwd", linear_gelu_forward)
+linear_gelu_bwd = define_op("linear_gelu_bwd", linear_gelu_backward)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, h = ctx.saved_tensors
-        need_dx, need_dw, need_db = ctx.needs_input_grad
-        dx, dw, db = linear_gelu_backward(
-            _as_rows(dy), h, x2, weight, ctx.has_bias,
-            need_dx, need_dw or need_db,
-        )
-        return (dx.view(*dy.shape[:-1], x2.shape[1]) if need_dx else None,
-                dw if need_dw else None, db if need_db else None)
 
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _store_h = inputs
+    _y, h = output
+    ctx.mark_non_differentiable(h)  # the saved pre-activation, not a result
+    ctx.save_for_backward(x, weight, h)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy, _dh):
+    x, weight, h = ctx.saved_tensors
+    need_dx, need_dw, need_db, _ = ctx.needs_input_grad
+    dx, dw, db = linear_gelu_bwd(dy, h, x, weight, ctx.has_bias, need_dx, need_dw or need_db)
+    return dx if need_dx else None, dw if need_dw else None, db if need_db else None, None
+
+
+linear_gelu_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public
 
 def _autocast(t, device_type):
     if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -455,23 +464,22 @@ def _autocast(t, device_type):
     return t
 
 
-def linear_gelu(x, weight, bias=None):
+def linear_gelu(x, weight, bias=None, *, backend="auto"):
     """gelu_tanh(x @ weight.T + bias): x (..., K), weight (N, K), bias (N,) -> (..., N).
 
     Like ``torch.nn.functional.linear`` under autocast, x, weight and bias are first cast to
     the autocast dtype (and the output has it); otherwise all three must share a dtype and
     the output has it. Gradients of x, weight and bias, float32 accumulation throughout.
+    ``backend``: "auto" (Triton where it runs, else the reference), "triton" or "torch".
     """
+    if not use_triton(backend, x, weight, bias):
+        return reference.linear_gelu(x, weight, bias)
     if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
         device_type = x.device.type
         x, weight, bias = (_autocast(t, device_type) for t in (x, weight, bias))
     check_linear_gelu(x, weight, bias, for_triton=True)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, weight, bias)):
-        return LinearGeluFunction.apply(x, weight, bias)
-    # no gradient will be asked for: skip the autograd node and the store of h
-    y, _ = linear_gelu_forward(_as_rows(x), weight, bias, store_h=False)
+    # h is stored only when backward will need it (no_grad, inference: one store fewer)
+    store_h = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                              for t in (x, weight, bias))
+    y, _ = linear_gelu_fwd(_as_rows(x), weight, bias, store_h)
     return y.view(*x.shape[:-1], weight.shape[0])
-
-
-register_triton("linear_gelu", linear_gelu)

@@ -1,8 +1,9 @@
 """Shared pytest setup: per-session random seed, TRITON_INTERPRET on CPU, the gpu marker.
 
-Inputs are fresh random numbers every run; the session seed is printed in the header and
-each test is seeded from it and its own node id, so ``GPT_TEST_SEED=<seed> pytest <test id>``
-reproduces a failure exactly, even when that test runs alone.
+Inputs are fresh random numbers every run; the session seed is printed in the header and,
+when a test fails, again at the end (``-q`` hides the header), and each test is seeded from
+it and its own node id, so ``GPT_TEST_SEED=<seed> pytest <test id>`` reproduces a failure
+exactly, even when that test runs alone.
 """
 
 import os
@@ -30,6 +31,14 @@ def pytest_report_header(config):
     return (f"{_SEED_ENV}={SESSION_SEED} (set it to reproduce these inputs); "
             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r}; "
             f"cuda={torch.cuda.is_available()}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The seed, where a failing run shows it: in the final summary, also under -q."""
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        terminalreporter.write_line(
+            f"{_SEED_ENV}={SESSION_SEED}: rerun a failing test with its inputs as "
+            f"{_SEED_ENV}={SESSION_SEED} python -m pytest <test id>")
 
 
 @pytest.fixture(autouse=True)

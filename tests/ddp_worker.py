@@ -26,7 +26,8 @@ def main():
     ddp_model = DDP(model)
     mine = iter(batches[rank * 2 : rank * 2 + 2])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.forward_backward(ddp_model, lambda: next(mine), 4 // world, nullcontext(), scaler, ddp=True)
+    train.forward_backward(ddp_model, lambda: next(mine), 4 // world, nullcontext(), scaler,
+                           parallel="ddp")
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters()}, sys.argv[1])
     dist.destroy_process_group()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gpt import attention
+from gpt.cli import UsageError
 from gpt.model import GPT, GPTConfig
 from tests.test_sample import trained  # noqa: F401  (module fixture: a tiny trained model)
 from tests.test_train import corpus  # noqa: F401
@@ -42,7 +43,24 @@ def test_cli_writes_png(trained, tmp_path):  # noqa: F811
     assert (tmp_path / "a.png").stat().st_size > 10_000 and png.endswith("a.png")
     attention.main([f"--out_dir={trained}", "--text=All:", "--layer=-1", f"--png={tmp_path / 'b.png'}"])
     assert (tmp_path / "b.png").exists()
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(UsageError, match="--layer must be in"):
         attention.main([f"--out_dir={trained}", "--layer=7", f"--png={tmp_path / 'c.png'}"])
-    with pytest.raises(ValueError, match="tokens"):
+    with pytest.raises(UsageError, match="--layer must be an int or all"):
+        attention.main([f"--out_dir={trained}", "--layer=first", f"--png={tmp_path / 'c.png'}"])
+    with pytest.raises(UsageError, match="--text has 40 tokens"):
         attention.main([f"--out_dir={trained}", "--text=" + "a" * 40, f"--png={tmp_path / 'c.png'}"])
+    with pytest.raises(UsageError, match="--out_dir=.*no ckpt.pt"):
+        attention.main([f"--out_dir={tmp_path}"])
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_text_escapes_and_readable_labels():
+    assert attention.unescape(r"ROMEO:\nBut\tsoft \\n") == "ROMEO:\nBut\tsoft \\n"
+    assert attention.unescape("no escapes") == "no escapes"
+
+    class Chars:
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
+    labels = attention.token_labels(Chars(), [ord(c) for c in "a \n\t"])
+    assert labels == ["a", "\u2423", "\\n", "\\t"]

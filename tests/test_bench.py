@@ -12,7 +12,10 @@ import os
 import pytest
 import torch
 
-from bench import common, report
+from gpt.cli import UsageError
+
+from bench import common, nanogpt_cpu, report
+from bench import generate as bench_generate
 from bench import kernels as bench_kernels
 from bench import train as bench_train
 
@@ -99,7 +102,7 @@ def test_train_smoke_covers_every_path(smoke_results):
 
 def test_report_on_smoke_results(smoke_results, tmp_path):
     path, _ = smoke_results
-    with pytest.raises(SystemExit, match="smoke run"):
+    with pytest.raises(UsageError, match="smoke run"):
         report.main([f"--results={path}", f"--out_dir={tmp_path}"])
     out = report.main([f"--results={path}", "--include_smoke=True", f"--out_dir={tmp_path}"])
     assert out["markdown"].startswith(report.SMOKE_BANNER)
@@ -108,7 +111,7 @@ def test_report_on_smoke_results(smoke_results, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readme = tmp_path / "README.md"
     readme.write_text(f"x\n{report.START}\nold\n{report.END}\ny\n")
-    with pytest.raises(SystemExit, match="smoke"):
+    with pytest.raises(UsageError, match="smoke"):
         report.main([f"--results={path}", "--include_smoke=True", f"--out_dir={tmp_path}",
                      "--update_readme=True", f"--readme={readme}"])
     assert "old" in readme.read_text()
@@ -120,7 +123,7 @@ def test_report_on_smoke_results(smoke_results, tmp_path):
 def test_refuses_without_cuda(module, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit, match="no CUDA GPU.*--smoke=True"):
+    with pytest.raises(UsageError, match="no CUDA GPU.*--smoke=True"):
         module.main([])
 
 
@@ -128,13 +131,17 @@ def test_refuses_without_cuda(module, monkeypatch):
 def test_refuses_under_the_interpreter(module, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(SystemExit, match="TRITON_INTERPRET=1.*interpreter"):
+    with pytest.raises(UsageError, match="TRITON_INTERPRET=1.*interpreter"):
         module.main([])
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="unknown option --no_such_option"):
         bench_kernels.main(["--smoke=True", "--no_such_option=1"])
+    with pytest.raises(UsageError, match="--ops='attention': unknown attention"):
+        bench_kernels.main(["--smoke=True", "--ops=attention"])
+    with pytest.raises(UsageError, match="--paths='triton,jax': unknown jax"):
+        bench_train.main(["--smoke=True", "--paths=triton,jax"])
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -308,5 +315,84 @@ def test_report_without_results(tmp_path, capsys):
     assert "No GPU benchmark results recorded yet" in capsys.readouterr().out
     assert "GPU figures pending" in readme.read_text()
     readme.write_text("no markers\n")
-    with pytest.raises(SystemExit, match="results:start"):
+    with pytest.raises(UsageError, match="results:start"):
         report.main([f"--results_dir={tmp_path}", "--update_readme=True", f"--readme={readme}"])
+
+
+# ----------------------------------------------------------------------------- generate
+
+def test_generate_refuses_the_cpu_unless_asked(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    with pytest.raises(UsageError, match="no CUDA GPU: pass --device=cpu"):
+        bench_generate.main([])
+    with pytest.raises(UsageError, match="--prompt \\+ --new_tokens"):
+        bench_generate.main(["--device=cpu", "--prompt=1000", "--new_tokens=100"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_smoke_never_overwrites_a_result(monkeypatch, tmp_path):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    # kernels=torch: the conftest's TRITON_INTERPRET=1 would send "auto" to the interpreter
+    first = bench_generate.main(["--smoke=True", "--kernels=torch"])
+    second = bench_generate.main(["--smoke=True", "--kernels=torch"])
+    assert first["smoke"] and first["same_output"] and second["same_output"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    day = first["date"]
+    assert names == [f"generate-cpu-{day}-smoke-2.json", f"generate-cpu-{day}-smoke.json"]
+
+
+def test_unique_path(tmp_path):
+    path = tmp_path / "r.json"
+    assert common.unique_path(path) == path
+    path.write_text("{}")
+    assert common.unique_path(path) == tmp_path / "r-2.json"
+    (tmp_path / "r-2.json").write_text("{}")
+    assert common.unique_path(path) == tmp_path / "r-3.json"
+
+
+# ----------------------------------------------------------------------------- nanogpt_cpu
+
+FAKE_NANOGPT_TRAIN = """
+import sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[2:])
+print("step 0: train loss 4.1000, val loss 4.2000")
+for i in range(int(args["max_iters"]) + 1):  # nanoGPT's loop: iterations 0..max_iters
+    print(f"iter {i}: loss {4.0 - i / 100:.4f}, time 1.00ms, mfu -100.00%")
+"""
+FAKE_PREPARE = """
+from pathlib import Path
+here = Path(__file__).parent
+(here / "train.bin").write_bytes((here / "input.txt").read_bytes())
+"""
+
+
+def test_nanogpt_cpu_side_by_side_on_a_stand_in_checkout(tmp_path, monkeypatch):
+    """The comparison's plumbing with a stand-in for nanoGPT (a script that prints nanoGPT's
+    log lines) and the real train.py, one short run each."""
+    nano = tmp_path / "nanoGPT"
+    (nano / "config").mkdir(parents=True)
+    (nano / "data" / "shakespeare_char").mkdir(parents=True)
+    (nano / "train.py").write_text(FAKE_NANOGPT_TRAIN)
+    (nano / "model.py").write_text("")
+    (nano / "configurator.py").write_text("")
+    (nano / "config" / "train_shakespeare_char.py").write_text("")
+    (nano / "data" / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
+    text = tmp_path / "input.txt"
+    text.write_text(SMOKE_TEXT)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    day = nanogpt_cpu.date.today().isoformat()
+    (tmp_path / "results" / f"nanogpt-cpu-{day}.json").write_text("{}")  # a committed result
+
+    doc = nanogpt_cpu.main([f"--nanogpt={nano}", f"--input={text}", "--repeats=1",
+                            "--max_iters=2", "--eval_iters=1"])
+    sides = doc["sides"]
+    assert sides["nanoGPT"]["steps"] == sides["gpt-triton"]["steps"] == 3
+    assert sides["nanoGPT"]["final_loss"] == 3.98 and sides["gpt-triton"]["final_loss"] > 0
+    assert all(r["cpu_s"] > 0 and r["step0_val_loss"] for r in doc["runs"])
+    assert doc["ratio"] == pytest.approx(sides["gpt-triton"]["cpu_s"] / sides["nanoGPT"]["cpu_s"])
+    assert "--plot=False" in doc["commands"]["gpt-triton"]
+    written = json.loads((tmp_path / "results" / f"nanogpt-cpu-{day}-2.json").read_text())
+    assert written["ratio"] == doc["ratio"]
+    assert (tmp_path / "results" / f"nanogpt-cpu-{day}.json").read_text() == "{}"

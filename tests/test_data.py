@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gpt import data
+from gpt.cli import UsageError
 from gpt.data import (
     TokenDataset,
     clean_play_markdown,
@@ -89,7 +90,7 @@ def test_load_text_tinyshakespeare_download_failure(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(data.urllib.request, "urlopen", offline)
-    with pytest.raises(RuntimeError, match="dataset=/path/to/input.txt"):
+    with pytest.raises(UsageError, match="--dataset=/path/to/input.txt"):
         load_text("tinyshakespeare", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache" / "tinyshakespeare.txt").exists()
 
@@ -231,8 +232,14 @@ def test_cli(tmp_path, text_file, capsys):
     out = capsys.readouterr().out
     meta = json.loads((tmp_path / "cli" / "meta.json").read_text())
     assert f"{meta['train_tokens']:,}" in out and f"{meta['val_tokens']:,}" in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--dataset='nope' is neither"):
         data.main(["--dataset=nope", f"--data_dir={tmp_path / 'x'}"])
+    with pytest.raises(UsageError, match="--vocab_size is for --tokenizer=bpe"):
+        data.main([f"--dataset={text_file}", "--vocab_size=300", f"--data_dir={tmp_path / 'x'}"])
+    with pytest.raises(UsageError, match="--vocab_size must be >= 257"):
+        data.main([f"--dataset={text_file}", "--tokenizer=bpe", "--vocab_size=100",
+                   f"--data_dir={tmp_path / 'x'}"])
+    assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------- batches

@@ -7,6 +7,8 @@ the chunk size forced down where the point is many ragged chunks.
 
 import importlib
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ import kernels
 from tests.helpers import TOL, assert_close
 
 flce_mod = importlib.import_module("kernels.fused_linear_cross_entropy")
-flce = flce_mod.fused_linear_cross_entropy
+flce = partial(flce_mod.fused_linear_cross_entropy, backend="triton")  # the kernel, whatever GPT_KERNELS says
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -232,16 +234,6 @@ def test_rerun_is_bit_identical(reduction, monkeypatch):
         assert torch.equal(a, c)
 
 
-def test_registered_and_dispatched():
-    assert kernels.triton_available("fused_linear_cross_entropy")
-    x, w, b, target = make_inputs(6, 16, 100, torch.float32, p_ignore=0.0)
-    expected = flce(x, w, target, b)
-    assert torch.equal(kernels.ops("triton").fused_linear_cross_entropy(x, w, target, b),
-                       expected)
-    if kernels.backend_for(x) == "triton":
-        assert torch.equal(kernels.fused_linear_cross_entropy(x, w, target, b), expected)
-
-
 # --------------------------------------------------------------------------- bad input
 
 def _bad(**change):
@@ -271,6 +263,16 @@ def test_bad_input_raises(args, exc, name):
 def test_bad_reduction_raises():
     with pytest.raises(ValueError, match="reduction"):
         flce(**_bad(), reduction="avg")
+
+
+# --------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gpt2_sizes_in_the_interpreter(reduction):
+    """GPT-2's lm_head (C=768, V=50304) over several token chunks, float32 (make test-all;
+    minutes in Triton's interpreter)."""
+    check_against_reference(*make_inputs(300, 768, 50304, torch.float32), reduction)
 
 
 # --------------------------------------------------------------------------- GPU

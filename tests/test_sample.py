@@ -5,6 +5,7 @@ import torch
 
 import train
 from gpt import sample
+from gpt.cli import UsageError
 from tests.test_train import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
 
 
@@ -43,8 +44,12 @@ def test_start_from_file(trained, tmp_path):
 
 
 def test_sample_errors(trained, tmp_path):
-    with pytest.raises(FileNotFoundError, match="ckpt.pt"):
+    with pytest.raises(UsageError, match="--out_dir=.*no ckpt.pt"):
         sample.sample(cfg(tmp_path))
+    with pytest.raises(UsageError, match="--start=FILE:.*no such file"):
+        sample.sample(cfg(trained, start=f"FILE:{tmp_path / 'nope.txt'}"))
+    with pytest.raises(UsageError, match="--greedy=True and --num_beams"):
+        sample.sample(cfg(trained, greedy=True, num_beams=2))
     with pytest.raises(ValueError, match="vocabulary"):
         sample.sample(cfg(trained, start="\u4e2d\u6587"))
     with pytest.raises(ValueError, match="temperature"):
@@ -65,6 +70,16 @@ def test_checkpoint_loads_with_weights_only(trained):
 def test_every_strategy_from_the_cli(trained, kw):
     (text,) = sample.sample(cfg(trained, start="KING:", max_new_tokens=12, num_samples=1, **kw))
     assert text.startswith("KING:") and len(text) == len("KING:") + 12
+
+
+@pytest.mark.parametrize("kw", [dict(greedy=True), dict(num_beams=2)])
+def test_deterministic_strategies_print_one_text(trained, capsys, kw):
+    args = [f"--out_dir={trained}", "--start=KING:", "--num_samples=3", "--max_new_tokens=8",
+            "--device=cpu"] + [f"--{k}={v}" for k, v in kw.items()]
+    texts = sample.main(args)
+    captured = capsys.readouterr()
+    assert len(texts) == 1 and captured.out.count("---------------") == 1
+    assert "deterministic: one text, not --num_samples=3" in captured.err
 
 
 def test_greedy_cli_same_with_and_without_cache(trained):

