@@ -15,7 +15,8 @@ the SASS (``HMMA``; ``HGMMA`` is Hopper's wgmma) and compile seconds.
 
 Launches come from the project's own launchers (``attention_forward``, ``layer_norm_backward``,
 ...) run on fake CUDA tensors (``FakeTensorMode``: shapes, dtypes, strides and storage
-offsets, no memory), with each kernel swapped for a recorder of its arguments. The device the
+offsets, no memory) inside ``kernels._library.recording()``, where each
+``launch(kernel)[grid](...)`` records its arguments instead of running. The device the
 launchers and the autotuners' pruning see is a stand-in for the target (its SM count and
 shared-memory limit), so the configs compiled are exactly those the autotuner would offer
 on that chip at that shape, specialised as a real launch specialises them (constexprs,
@@ -193,7 +194,7 @@ def layer_norm_case(label, C, T, bias=True):
     return Case("layer_norm", f"{label}: N={BATCH * T} C={C}" + ("" if bias else ", no bias"), run)
 
 
-def linear_gelu_case(label, C, T, bias=True):
+def linear_gelu_case(label, C, T, bias=True, inference=True):
     linear_gelu = kernel_module("linear_gelu")
 
     def run(dtype):
@@ -203,7 +204,8 @@ def linear_gelu_case(label, C, T, bias=True):
         x = torch.empty(M, K, dtype=dtype, device="cuda")
         w = torch.empty(N, K, dtype=dtype, device="cuda")
         b = torch.empty(N, dtype=dtype, device="cuda") if bias else None
-        linear_gelu.linear_gelu_forward(x, w, b, store_h=False)  # inference: no h
+        if inference:  # no h stored: a separate specialisation
+            linear_gelu.linear_gelu_forward(x, w, b, store_h=False)
         y, h = linear_gelu.linear_gelu_forward(x, w, b, store_h=True)
         linear_gelu.linear_gelu_backward(torch.empty_like(y), h, x, w, bias, True, True)
 
@@ -211,7 +213,7 @@ def linear_gelu_case(label, C, T, bias=True):
                 + ("" if bias else ", no bias"), run)
 
 
-def cross_entropy_case(label, V, T):
+def cross_entropy_case(label, V, T, inference=True):
     cross_entropy = kernel_module("cross_entropy")
 
     def run(dtype):
@@ -220,7 +222,8 @@ def cross_entropy_case(label, V, T):
         N = BATCH * T
         logits = torch.empty(N, V, dtype=dtype, device="cuda")
         target = torch.empty(N, dtype=torch.int64, device="cuda")
-        cross_entropy.cross_entropy_forward(logits, target, -100)  # no gradient wanted
+        if inference:  # no gradient wanted (evaluation): a separate specialisation
+            cross_entropy.cross_entropy_forward(logits, target, -100)
         dlogits = torch.empty_like(logits)
         cross_entropy.cross_entropy_forward(logits, target, -100, grad_out=dlogits)
         one = torch.empty(1, dtype=torch.float32, device="cuda")
@@ -265,19 +268,23 @@ def decode_case(label, C, H, T):
 def build_cases(subset, ops):
     """The shapes of the report.
 
-    ``ci``: GPT-2 small's, as its training runs them (no dropout). ``full``: every preset's
-    LayerNorm, linear+GELU and cross-entropy shapes; attention at GPT-2 small's and the small
-    presets' shapes (gpt2-medium/large/xl differ from gpt2 only in the number of heads, a
-    runtime argument), at every head dim the kernel takes with and without dropout, and a
-    KV-cache decode step. Causal attention with biases throughout, as the model runs it.
+    ``ci``: GPT-2 small's, as its training step launches them (no dropout, no launch that
+    only inference or evaluation makes).
+    ``full``: every preset's LayerNorm, linear+GELU and cross-entropy shapes; attention at
+    GPT-2 small's width and context at every head dim the kernel takes (with dropout too at
+    64, every GPT-2 size's and shakespeare-char's, and 128, the largest tiles' registers;
+    gpt2-medium/large/xl differ from gpt2 only in the number of heads, a runtime argument),
+    shakespeare-char's own shape (dropout 0.2, T=256), and a KV-cache decode step. Causal
+    attention with biases throughout, as the model runs it.
     """
     from gpt.model import PRESETS
     from kernels import SUPPORTED_HEAD_DIMS
 
     C0, H0, T0, _ = _shape("gpt2")
     if subset == "ci":
-        cases = [layer_norm_case("gpt2", C0, T0), linear_gelu_case("gpt2", C0, T0),
-                 cross_entropy_case("gpt2", PRESETS["gpt2"]["vocab_size"], T0),
+        cases = [layer_norm_case("gpt2", C0, T0),
+                 linear_gelu_case("gpt2", C0, T0, inference=False),
+                 cross_entropy_case("gpt2", PRESETS["gpt2"]["vocab_size"], T0, inference=False),
                  flce_case("gpt2", C0, TRAIN_VOCAB, T0), attention_case("gpt2", C0, H0, T0)]
         return [c for c in cases if c.op in ops]
     cases = []
@@ -285,12 +292,12 @@ def build_cases(subset, ops):
         C, H, T, V = _shape(preset)
         cases += [layer_norm_case(preset, C, T), linear_gelu_case(preset, C, T),
                   cross_entropy_case(preset, V, T), flce_case(preset, C, TRAIN_VOCAB, T)]
-        if H == H0 and C == C0 or T < T0:  # gpt2 and the small presets
-            cases.append(attention_case(preset, C, H, T,
-                                        dropout=PRESETS[preset].get("dropout", 0.0)))
     for D in SUPPORTED_HEAD_DIMS:  # GPT-2 small's width and context, every head dim
-        for dropout in (0.0, 0.1):
+        for dropout in (0.0, 0.1) if D >= 64 else (0.0,):
             cases.append(attention_case(f"gpt2 width, D={D}", C0, C0 // D, T0, dropout=dropout))
+    C, H, T, _ = _shape("shakespeare-char")
+    cases.append(attention_case("shakespeare-char", C, H, T,
+                                dropout=PRESETS["shakespeare-char"]["dropout"]))
     cases.append(decode_case("gpt2", C0, H0, T0))
     return [c for c in cases if c.op in ops]
 

@@ -63,7 +63,9 @@ def _step_commands(cfg, out, report_dir):
                         "--providers=triton,torch", "--modes=fwd", "--compile=False"],
             "train": ["bench.train", "--smoke=True", f"--out={out}", "--paths=triton",
                       "--max_batch=False"],
-            "memory": ["bench.memory", "--smoke=True"],
+            "memory": ["bench.memory", "--preset=tiny", "--batch_size=2", "--block_size=32",
+                       "--paths=triton,torch", "--max_batch=False",
+                       f"--out={Path(report_dir) / 'memory-smoke.json'}"],
             "report": ["bench.report", f"--results={out}", "--include_smoke=True",
                        "--plots=False", f"--out_dir={report_dir}"],
         }

@@ -167,11 +167,11 @@ _FWD_TILES = {
         # with dropout
     ],
     (64, "tf32"): [
-        (128, 64, 8, 3, False),  # 220 regs; 4 B spilled with dropout on sm_80
         (128, 32, 8, 3, True),  # 180 regs
-        (64, 64, 4, 3, True),  # 255 regs, no spill
         (64, 32, 4, 3, True),  # 168 regs
-        (16, 64, 4, 2, True),  # up to 16 queries (a decode step)
+        (16, 32, 4, 2, True),  # up to 16 queries (a decode step)
+        # out: (128, 64, 8, 3) spills 8 B at D=32 on sm_80 (ptxas stops at 128 regs),
+        # (64, 64, 4, 3) 4 B at D=16 on sm_80, (16, 64, 4, 2) 4 B on sm_90
     ],
     (128, "tf32"): [
         (128, 32, 8, 3, True),  # 255 regs, no spill; 160 KB (estimate): A100 and H100 only
@@ -183,16 +183,17 @@ _FWD_TILES = {
     # IEEE float32 dots are FMA loops: each thread holds its rows of Q across the whole head
     # dim, so the tiles are small and the warps many
     (64, "ieee"): [
-        (64, 32, 8, 2, True),  # 128 regs
         (32, 64, 8, 2, True),  # 108 regs
         (32, 32, 8, 2, True),  # 111 regs
         (16, 32, 4, 2, True),  # 112 regs
-        # out: (64, 32, 4, 2) spills 996 B on sm_90, (16, 64, 4, 2) 8 B on sm_80
+        # out: (64, 32, 4, 2) spills 996 B on sm_90, (16, 64, 4, 2) 8 B on sm_80,
+        # (64, 32, 8, 2) 4 B at D=32 on sm_80
     ],
     (128, "ieee"): [  # 128-wide float32 rows: only 16-query tiles stay in registers
         (16, 32, 4, 2, True),  # 200 regs
-        (16, 16, 4, 2, True),  # 96 regs
-        # out: (32, 32, 8, 2) spills 488 B on sm_90, (64, 32, 8, 2) 1.2 KB
+        (16, 32, 8, 2, True),  # the same over 8 warps
+        # out: (32, 32, 8, 2) spills 488 B on sm_90, (64, 32, 8, 2) 1.2 KB, (16, 16, 4, 2)
+        # 4 B on sm_80
     ],
 }
 
@@ -362,11 +363,11 @@ _DKDV_TILES = {
         # out: (64, 128, 8, 3) spills 452 B on sm_80, (64, 64, 4, 3) 152 B on sm_90
     ],
     (64, "tf32"): [
-        (32, 128, 8, 3, True),  # 255 regs, no spill
-        (32, 128, 8, 2, True),  # fewer buffers: 84 KB on sm_80
+        (32, 128, 8, 2, True),  # 255 regs, no spill; 84 KB on sm_80
         (32, 64, 4, 3, False),  # 255 regs, no spill; 8 B with dropout
         (16, 64, 4, 2, True),  # up to 16 queries: 240 regs
-        # out: (64, 64, 4, 3) spills 920 B on sm_80, (64, 128, 8, 3) 1.8 KB
+        # out: (64, 64, 4, 3) spills 920 B on sm_80, (64, 128, 8, 3) 1.8 KB, (32, 128, 8, 3)
+        # 4-8 B with Triton 3.2
     ],
     (128, "tf32"): [  # float32 K, V, dK, dV tiles of 128 columns: 32 keys per program
         (32, 32, 8, 3, True),  # 212 regs
@@ -376,9 +377,8 @@ _DKDV_TILES = {
     ],
     (64, "ieee"): [  # FMA loops, see _FWD_TILES
         (32, 64, 8, 2, True),  # 250 regs, no spill
-        (32, 32, 4, 2, True),  # 254 regs, no spill
         (16, 32, 4, 2, True),  # 240 regs
-        # out: (16, 64, 4, 2) spills 8 B on sm_90
+        # out: (16, 64, 4, 2) spills 8 B on sm_90, (32, 32, 4, 2) 12 B with dropout on sm_90
     ],
     (128, "ieee"): [
         (16, 32, 8, 2, True),  # 108 regs
@@ -512,12 +512,12 @@ def _attn_bwd_dq_block(
 # tiles and num_stages K and V tiles.
 _DQ_TILES = {
     (64, "16"): [
-        (128, 64, 8, 3, True),  # 255 regs, no spill
         (128, 32, 8, 2, True),  # 168 regs (with 3 stages: 12 B spilled on sm_80)
         (64, 64, 8, 3, True),  # 255 regs, no spill
         (64, 32, 4, 2, True),  # 168 regs
         (16, 64, 4, 2, True),  # up to 16 queries: 128 regs
-        # out: (64, 64, 4, 3) spills 88 B with dropout, (64, 32, 4, 3) 4 B (sm_80)
+        # out: (64, 64, 4, 3) spills 88 B with dropout, (64, 32, 4, 3) 4 B (sm_80),
+        # (128, 64, 8, 3) 8 B at D=32 on sm_80 (ptxas stops at 128 regs)
     ],
     (128, "16"): [
         (128, 32, 8, 3, False),  # 194 regs; 4 B spilled with dropout on sm_80
@@ -528,24 +528,25 @@ _DQ_TILES = {
         # out: (128, 64, 8, 3) spills 60 B on sm_80, (64, 64, 4, 3) 136 B with dropout
     ],
     (64, "tf32"): [
-        (128, 32, 8, 3, True),  # 220 regs
         (64, 32, 4, 3, True),  # 255 regs, no spill
         (64, 32, 4, 2, True),  # 255 regs, no spill
         (16, 64, 4, 2, True),  # up to 16 queries: 166 regs
-        # out: (128, 64, 8, 3) spills 40 B on sm_80, (64, 64, 4, 3) 36 B
+        # out: (128, 64, 8, 3) spills 40 B on sm_80, (64, 64, 4, 3) 36 B, (128, 32, 8, 3)
+        # 8 B at D=32 on sm_80
     ],
     (128, "tf32"): [
         (64, 32, 8, 2, False),  # 236 regs; 100 B spilled with dropout on sm_90
-        (32, 32, 4, 3, True),  # 217 regs
         (32, 32, 4, 2, True),  # 214 regs; 80 KB
         (16, 64, 4, 2, True),  # up to 16 queries: 240 regs
-        # out: (64, 32, 4, 2) spills 76 B with dropout; (128, 32, 8, 3) 124 B on sm_80
+        # out: (64, 32, 4, 2) spills 76 B with dropout; (128, 32, 8, 3) 124 B on sm_80;
+        # (32, 32, 4, 3) 4 B with dropout on sm_90
     ],
     (64, "ieee"): [  # FMA loops, see _FWD_TILES
-        (64, 32, 8, 2, True),  # 128 regs
+        (32, 32, 8, 2, True),  # the 128-wide heads' tile
         (32, 32, 4, 2, True),  # 142 regs
-        (16, 32, 4, 2, True),  # up to 16 queries
-        # out: (64, 32, 4, 2) spills 644 B on sm_80; (16, 64, 4, 2) 24 B without dropout
+        (16, 16, 4, 2, True),  # up to 16 queries
+        # out: (64, 32, 4, 2) spills 644 B on sm_80; (16, 64, 4, 2) 24 B without dropout;
+        # (64, 32, 8, 2) and (16, 32, 4, 2) 4-8 B with dropout (ptxas stops at 128 / 80 regs)
     ],
     (128, "ieee"): [
         (32, 32, 8, 2, True),  # 102 regs
