@@ -544,9 +544,9 @@ _DQ_TILES = {
     (64, "ieee"): [  # FMA loops, see _FWD_TILES
         (32, 32, 8, 2, True),  # the 128-wide heads' tile
         (32, 32, 4, 2, True),  # 142 regs
-        (16, 16, 4, 2, True),  # up to 16 queries
         # out: (64, 32, 4, 2) spills 644 B on sm_80; (16, 64, 4, 2) 24 B without dropout;
-        # (64, 32, 8, 2) and (16, 32, 4, 2) 4-8 B with dropout (ptxas stops at 128 / 80 regs)
+        # (64, 32, 8, 2) and (16, 32, 4, 2) 4-8 B with dropout (ptxas stops at 128 / 80 regs);
+        # (16, 16, 4, 2) 4 B on sm_80
     ],
     (128, "ieee"): [
         (32, 32, 8, 2, True),  # 102 regs
