@@ -6,7 +6,7 @@ PYTHON ?= python3
 # pass e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for a CPU-only one.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-test train test test-all
+.PHONY: install install-test train test test-all compile-report compat gpu-check
 install: .installed
 install-test: .installed-test
 
@@ -29,3 +29,18 @@ test: install-test
 # also the slow tests: the kernels at GPT-2 sizes in Triton's interpreter (long on a CPU)
 test-all: install-test
 	$(PYTHON) -m pytest -q $(ARGS)
+
+# Every kernel x config x dtype compiled for sm_80 / sm_90 with Triton's compiler (no GPU
+# needed): registers, spills, shared memory; results in bench/results/compile-*.json
+compile-report: install
+	$(PYTHON) -m bench.compile_report $(ARGS)
+
+# The compile check with the oldest supported Triton (pyproject.toml) and the newest tested,
+# each installed alone with pip --target under ~/.cache/gpt-triton/compat
+compat: install
+	$(PYTHON) -m bench.compat $(ARGS)
+
+# On a machine with an NVIDIA GPU: GPU tests, kernel and training benchmarks, memory meter,
+# report and README results block (refuses without a GPU)
+gpu-check: install
+	$(PYTHON) -m bench.gpu_check $(ARGS)

@@ -24,11 +24,12 @@ between an op and its plain-PyTorch reference in ``kernels/reference.py``.
 """
 
 import os
+from contextlib import contextmanager
 
 import torch
 
 __all__ = ["NAMESPACE", "INTERPRET", "USE_TRITON_OP", "BACKENDS", "LAUNCHERS", "define_op",
-           "launch", "use_triton", "env_backend"]
+           "launch", "recording", "use_triton", "env_backend"]
 
 NAMESPACE = "gpt"
 BACKENDS = ("auto", "torch", "triton")
@@ -38,6 +39,8 @@ USE_TRITON_OP = (hasattr(torch.library, "triton_op") and torch.cuda.is_available
 _ENV_VAR = "GPT_KERNELS"
 # "gpt::op" -> its launcher: the memory meter runs launchers op by op to see their buffers
 LAUNCHERS = {}
+# While not None (``recording``), a list that every launch is appended to instead of running
+_RECORDED = None
 
 
 def _shape_only(values):
@@ -48,23 +51,39 @@ def _shape_only(values):
 
 
 class _Launch:
-    """``kernel[grid](*args)``, skipped on fake / meta tensors (see the module docstring)."""
+    """``kernel[grid](*args)``, skipped on fake / meta tensors (see the module docstring), and
+    recorded instead of run inside ``recording()``."""
 
     def __init__(self, kernel):
         self.kernel = kernel
 
     def __getitem__(self, grid):
         def run(*args, **kwargs):
-            if not _shape_only((*args, *kwargs.values())):
+            if _RECORDED is not None:
+                _RECORDED.append((self.kernel, grid, args, kwargs))
+            elif not _shape_only((*args, *kwargs.values())):
                 self.kernel[grid](*args, **kwargs)
         return run
 
 
 def launch(kernel):
     """How a launcher starts a Triton kernel: ``launch(_my_kernel)[grid](*args, **meta)``."""
-    if USE_TRITON_OP:
+    if USE_TRITON_OP and _RECORDED is None:
         return torch.library.wrap_triton(kernel)
     return _Launch(kernel)
+
+
+@contextmanager
+def recording():
+    """Within it, launches run nothing and are appended to the yielded list as
+    ``(kernel, grid, args, kwargs)``: the compile report (``bench/compile_report.py``) runs
+    the launchers on fake tensors this way to see each launch's exact arguments."""
+    global _RECORDED
+    saved, _RECORDED = _RECORDED, []
+    try:
+        yield _RECORDED
+    finally:
+        _RECORDED = saved
 
 
 def define_op(name, launcher, mutates_args=()):

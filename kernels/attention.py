@@ -21,7 +21,7 @@ the diagonal (or the ragged tail of the sequence) pay for one.
 
 Scores live in base 2: s2 = q.k * sm_scale * log2(e), so exp2 replaces exp, and the saved
 log-sum-exp is log2(sum_j 2^s2_j). Dropout keeps each probability with chance 1 - p using
-Philox (``tl.rand``) keyed on (seed, head, row, column); the backward regenerates the same
+Philox (``tl.philox``) keyed on (seed, head, row, column); the backward regenerates the same
 mask from the seed instead of storing it, and with ``dropout_p=0`` the RNG is compiled out.
 """
 
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import reference
+from kernels import _autotune, reference
 from kernels._library import define_op, env_backend, launch, use_triton
 from kernels._validate import SUPPORTED_HEAD_DIMS, check_attention
 
@@ -45,19 +45,64 @@ _LOG2E = 1.4426950408889634
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# --------------------------------------------------------------------------- autotuning
+#
+# Each kernel's autotuner is offered the tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) its
+# table lists for the launch (_tuning): by head dim (16 and 32 take the 64 rows: the same
+# tiles over narrower heads need fewer registers and less shared memory) and by how the dots
+# run: "16" for fp16/bf16 operands, "tf32" and "ieee" for float32 ones (_dot_precision).
+# An entry whose last field is False is left out when dropout is on: Philox's state for a
+# whole score tile takes registers, and those tiles spill with it. A BLOCK_M over twice the
+# queries is left out (mostly padding: a KV-cache decode step has one query, and gets the
+# 16-query tile every table has); then the tiles whose shared memory (_smem_*, an upper
+# bound of what Triton allocates) exceeds the GPU's, so a 99 KB RTX 4090 gets a subset of
+# a 227 KB H100's list.
+# Every entry compiles for sm_80 and sm_90 at GPT-2's shapes without spilling a register:
+# `python -m bench.compile_report` checks it (make test on a subset); "regs" below is the
+# larger of the two chips' counts, with dropout where the tile allows it.
+
+
+def _tuning(tables, smem):
+    """``early_config_prune`` of an attention kernel: its table's tiles for this launch,
+    pruned to the GPU (see above). None under the interpreter, which has one config."""
+    if _INTERPRET:
+        return None
+
+    def choose(nargs, kwargs):
+        kind = "16" if nargs["Q"].element_size() == 2 else kwargs["DOT_PRECISION"]
+        tiles = tables[(64 if kwargs["HEAD_DIM"] <= 64 else 128, kind)]
+        tiles = [t[:4] for t in tiles if t[4] or not kwargs["DROPOUT"]]
+        # a query tile over twice the queries is mostly padding (a decode step has one query)
+        return [t for t in tiles if t[0] <= max(16, 2 * nargs["Q_BUCKET"])]
+
+    return _autotune.Prune(("BLOCK_M", "BLOCK_N"), choose, smem, "Q")
+
+
+def _configs(tables, interpreted):
+    """Every tile of ``tables`` as a triton.Config; under TRITON_INTERPRET=1 only
+    ``interpreted`` (BLOCK_M, BLOCK_N): the interpreter cannot benchmark a choice."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": interpreted[0], "BLOCK_N": interpreted[1]},
+                              num_warps=4, num_stages=1)]
+    return _autotune.configs_from(tables, ("BLOCK_M", "BLOCK_N"))
+
+
 # --------------------------------------------------------------------------- kernels
 
 @triton.jit
-def _keep_mask(seed, off_bh, rows, cols, N_CTX_Q, N_CTX_K, dropout_p):
+def _keep_mask(seed, off_bh, rows, cols, dropout_p):
     """Dropout keep mask of head off_bh at query rows x key cols (2-D, broadcast): True = kept.
 
-    One Philox draw per (head, query row, key column), so forward and backward (whatever
-    their block shapes) regenerate exactly the same mask. The counter is int64: B*H*Tq*Tk
-    passes 2^31 at realistic sizes.
+    One Philox4x32 draw per (head, query row, key column), so forward and backward (whatever
+    their block shapes) regenerate exactly the same mask. The 128-bit counter is the triple
+    (column, row, head) itself, one 32-bit word each: unique at any size, with no B*H*Tq*Tk
+    product that would need 64 bits. (A flat int64 offset, as ``tl.rand`` takes, runs
+    Philox in 64-bit arithmetic: twice the registers per element and spills in the
+    attention tiles; see ``python -m bench.compile_report``.)
     """
-    base = off_bh * N_CTX_Q * N_CTX_K  # int64: off_bh is int64
-    rng_offs = base + rows.to(tl.int64) * N_CTX_K + cols
-    return tl.rand(seed, rng_offs) >= dropout_p
+    bits, _, _, _ = tl.philox(seed, cols.to(tl.int32), rows.to(tl.int32),
+                              off_bh.to(tl.int32), 0)
+    return tl.uint_to_uniform_float(bits) >= dropout_p
 
 
 @triton.jit
@@ -89,8 +134,7 @@ def _attn_fwd_block(
     l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser uses the probabilities before dropout
     acc = acc * alpha[:, None]
     if DROPOUT:
-        keep = _keep_mask(seed, off_bh, offs_m[:, None], offs_n[None, :], N_CTX_Q, N_CTX_K,
-                          dropout_p)
+        keep = _keep_mask(seed, off_bh, offs_m[:, None], offs_n[None, :], dropout_p)
         p = tl.where(keep, p * drop_scale, 0.0)
     if MASK:
         v = tl.load(v_ptrs + start_n * stride_vt, mask=offs_n[:, None] < N_CTX_K, other=0.0)
@@ -102,18 +146,66 @@ def _attn_fwd_block(
     return acc, l_i, m_new
 
 
-def _fwd_configs():
-    if _INTERPRET:  # autotune benchmarks every config; the interpreter cannot, so offer one
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3),
-                             (128, 32, 4, 3), (64, 32, 4, 2), (16, 64, 4, 2)]
-    ]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, with dropout): BLOCK_M queries per program, keys
+# in steps of BLOCK_N. Shared memory: a Q tile and num_stages K and V tiles.
+_FWD_TILES = {
+    (64, "16"): [
+        (128, 128, 8, 3, False),  # a 128-key step for long rows: 254 regs; spills w/ dropout
+        (128, 64, 4, 3, False),  # FA2's D=64 tile: 255 regs, no spill; 668 B w/ dropout
+        (128, 64, 8, 3, True),  # the same over 8 warps, room for dropout: 244 regs
+        (64, 64, 4, 3, True),  # half the queries: twice the programs when B*H*T is small
+        (16, 64, 4, 2, True),  # a KV-cache decode step (one query): 125 regs
+        # out: (128, 32, 8, 3): ptxas caps it at 128 regs on sm_80 and spills 12 B
+    ],
+    (128, "16"): [
+        (128, 32, 8, 3, False),  # 193 regs; spills 4 B with dropout on sm_80
+        (64, 64, 8, 3, True),  # 240 regs
+        (64, 32, 4, 3, True),  # 248 regs
+        (64, 32, 4, 2, True),  # 251 regs; 36 KB, fits any chip
+        (16, 64, 4, 2, True),  # up to 16 queries (a decode step)
+        # out: (128, 64, 8, 3) spills 60 B on sm_80; (128, 64, 4, 3) 856 B; (64, 64, 4, 3) 60 B
+        # with dropout
+    ],
+    (64, "tf32"): [
+        (128, 32, 8, 3, True),  # 180 regs
+        (64, 32, 4, 3, True),  # 168 regs
+        (16, 32, 4, 2, True),  # up to 16 queries (a decode step)
+        # out: (128, 64, 8, 3) spills 8 B at D=32 on sm_80 (ptxas stops at 128 regs),
+        # (64, 64, 4, 3) 4 B at D=16 on sm_80, (16, 64, 4, 2) 4 B on sm_90
+    ],
+    (128, "tf32"): [
+        (128, 32, 8, 3, True),  # 255 regs, no spill; 160 KB (estimate): A100 and H100 only
+        (128, 32, 8, 2, True),  # 255 regs, no spill; one buffer less: 128 KB
+        (64, 32, 4, 3, True),  # 255 regs, no spill; 104 KB on sm_80
+        (64, 32, 4, 2, True),  # 255 regs, no spill; 72 KB, fits a 99 KB RTX 4090
+        (16, 64, 4, 2, True),  # up to 16 queries (a decode step)
+    ],
+    # IEEE float32 dots are FMA loops: each thread holds its rows of Q across the whole head
+    # dim, so the tiles are small and the warps many
+    (64, "ieee"): [
+        (32, 64, 8, 2, True),  # 108 regs
+        (32, 32, 8, 2, True),  # 111 regs
+        (16, 32, 4, 2, True),  # 112 regs
+        # out: (64, 32, 4, 2) spills 996 B on sm_90, (16, 64, 4, 2) 8 B on sm_80,
+        # (64, 32, 8, 2) 4 B at D=32 on sm_80
+    ],
+    (128, "ieee"): [  # 128-wide float32 rows: only 16-query tiles stay in registers
+        (16, 32, 4, 2, True),  # 200 regs
+        (16, 32, 8, 2, True),  # the same over 8 warps
+        # out: (32, 32, 8, 2) spills 488 B on sm_90, (64, 32, 8, 2) 1.2 KB, (16, 16, 4, 2)
+        # 4 B on sm_80
+    ],
+}
 
 
-@triton.autotune(configs=_fwd_configs(),
-                 key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT"])
+def _smem_fwd(cfg, nargs, kwargs):
+    k, d = cfg.kwargs, kwargs["HEAD_DIM"]
+    return (k["BLOCK_M"] + 2 * cfg.num_stages * k["BLOCK_N"]) * d * nargs["Q"].element_size()
+
+
+@_autotune.autotune(configs=_configs(_FWD_TILES, (16, 32)),
+                    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT", "DOT_PRECISION"],
+                    prune=_tuning(_FWD_TILES, _smem_fwd))
 @triton.jit
 def _attn_fwd(
     Q, stride_qb, stride_qh, stride_qt, stride_qd,  # (B, H, Tq, D) queries
@@ -239,8 +331,7 @@ def _attn_bwd_dkdv_block(
     pT = tl.math.exp2(qkT - lse[None, :])  # P^T, the probabilities before dropout
     dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (dO V^T)^T
     if DROPOUT:
-        keepT = _keep_mask(seed, off_bh, offs_m[None, :], offs_n[:, None], N_CTX_Q, N_CTX_K,
-                           dropout_p)
+        keepT = _keep_mask(seed, off_bh, offs_m[None, :], offs_n[:, None], dropout_p)
         pT_used = tl.where(keepT, pT * drop_scale, 0.0)
         dpT = tl.where(keepT, dpT * drop_scale, 0.0)
     else:
@@ -252,18 +343,60 @@ def _attn_bwd_dkdv_block(
     return dk, dv
 
 
-def _bwd_dkdv_configs():
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3),
-                             (64, 64, 4, 3), (16, 64, 4, 2)]
-    ]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, with dropout): BLOCK_N keys per program, whose
+# K, V, dK, dV tiles stay in registers, queries in steps of BLOCK_M. Shared memory: the K and
+# V tiles and num_stages Q and dO tiles.
+_DKDV_TILES = {
+    (64, "16"): [
+        (32, 128, 8, 3, True),  # the tile of Triton's fused-attention tutorial: 231 regs
+        (64, 128, 8, 3, False),  # more queries per step: 255 regs; spills 8 B with dropout
+        (32, 64, 4, 3, True),  # half the keys: twice the programs; 234 regs
+        (16, 64, 4, 2, True),  # up to 16 queries: 168 regs
+        # out: (64, 64, 4, 3) spills 64 B with dropout, (64, 64, 8, 3) 588 B (sm_80)
+    ],
+    (128, "16"): [
+        (32, 128, 8, 3, False),  # 255 regs, no spill; 80 B with dropout on sm_80
+        (64, 64, 8, 3, False),  # 255 regs, no spill; 108 B with dropout on sm_90
+        (32, 64, 8, 3, True),  # 248 regs
+        (32, 32, 4, 3, True),  # a small key tile for dropout
+        (16, 64, 4, 2, True),  # up to 16 queries: 255 regs, no spill
+        # out: (64, 128, 8, 3) spills 452 B on sm_80, (64, 64, 4, 3) 152 B on sm_90
+    ],
+    (64, "tf32"): [
+        (32, 64, 8, 2, False),  # 52-56 B spilled w/ dropout; (32, 128, 8, 2) 4-8 B on 3.2
+        # (32, 64, 4, 3) out: 8 B with dropout; 4 B without on sm_90 with Triton 3.2
+        (16, 64, 4, 2, True),  # up to 16 queries: 240 regs
+        # out: (64, 64, 4, 3) spills 920 B on sm_80, (64, 128, 8, 3) 1.8 KB, (32, 128, 8, 3)
+        # 4-8 B with Triton 3.2
+    ],
+    (128, "tf32"): [  # float32 K, V, dK, dV tiles of 128 columns: 32 keys per program
+        (32, 32, 8, 3, True),  # 212 regs
+        (32, 32, 4, 3, True),  # 252 regs, no spill
+        (16, 32, 4, 2, True),  # up to 16 queries: 242 regs; 56 KB
+        # out: (16, 64, 4, 2) spills 4 B on sm_80; (32, 64, 8, 3) 284 B on sm_90
+    ],
+    (64, "ieee"): [  # FMA loops, see _FWD_TILES
+        (32, 64, 8, 2, True),  # 250 regs, no spill
+        (16, 32, 4, 2, True),  # 240 regs
+        # out: (16, 64, 4, 2) spills 8 B on sm_90, (32, 32, 4, 2) 12 B with dropout on sm_90
+    ],
+    (128, "ieee"): [
+        (16, 32, 8, 2, True),  # 108 regs
+        (16, 16, 4, 2, True),  # 136 regs
+        # out: (16, 32, 4, 2) spills 116 B on sm_90, (32, 32, 4, 2) 35 KB
+    ],
+}
 
 
-@triton.autotune(configs=_bwd_dkdv_configs(),
-                 key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT"])
+def _smem_dkdv(cfg, nargs, kwargs):
+    k, d = cfg.kwargs, kwargs["HEAD_DIM"]
+    tiles = (2 * k["BLOCK_N"] + 2 * cfg.num_stages * k["BLOCK_M"]) * d
+    return tiles * nargs["Q"].element_size() + 2 * cfg.num_stages * k["BLOCK_M"] * 4
+
+
+@_autotune.autotune(configs=_configs(_DKDV_TILES, (16, 32)),
+                    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT", "DOT_PRECISION"],
+                    prune=_tuning(_DKDV_TILES, _smem_dkdv))
 @triton.jit
 def _attn_bwd_dkdv(
     Q, stride_qb, stride_qh, stride_qt, stride_qd,  # (B, H, Tq, D) queries
@@ -367,26 +500,70 @@ def _attn_bwd_dq_block(
     p = tl.math.exp2(qk - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     if DROPOUT:
-        keep = _keep_mask(seed, off_bh, offs_m[:, None], offs_n[None, :], N_CTX_Q, N_CTX_K,
-                          dropout_p)
+        keep = _keep_mask(seed, off_bh, offs_m[:, None], offs_n[None, :], dropout_p)
         dp = tl.where(keep, dp * drop_scale, 0.0)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
 
 
-def _bwd_dq_configs():
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3),
-                             (64, 64, 4, 3), (16, 64, 4, 2)]
-    ]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, with dropout): BLOCK_M queries per program, whose
+# Q, dO, dQ tiles stay in registers, keys in steps of BLOCK_N. Shared memory: the Q and dO
+# tiles and num_stages K and V tiles.
+_DQ_TILES = {
+    (64, "16"): [
+        (128, 32, 8, 2, True),  # 168 regs (with 3 stages: 12 B spilled on sm_80)
+        (64, 64, 8, 3, True),  # 255 regs, no spill
+        (64, 32, 4, 2, True),  # 168 regs
+        (16, 64, 4, 2, True),  # up to 16 queries: 128 regs
+        # out: (64, 64, 4, 3) spills 88 B with dropout, (64, 32, 4, 3) 4 B (sm_80),
+        # (128, 64, 8, 3) 8 B at D=32 on sm_80 (ptxas stops at 128 regs)
+    ],
+    (128, "16"): [
+        (128, 32, 8, 3, False),  # 194 regs; 4 B spilled with dropout on sm_80
+        (64, 64, 8, 3, False),  # 192 regs; 44 B spilled with dropout on sm_90
+        (64, 32, 4, 3, True),  # 244 regs
+        (64, 32, 4, 2, True),  # 244 regs, 52 KB
+        (16, 64, 4, 2, True),  # up to 16 queries: 168 regs
+        # out: (128, 64, 8, 3) spills 60 B on sm_80, (64, 64, 4, 3) 136 B with dropout
+    ],
+    (64, "tf32"): [
+        (64, 32, 4, 3, True),  # 255 regs, no spill
+        (64, 32, 4, 2, True),  # 255 regs, no spill
+        (16, 64, 4, 2, True),  # up to 16 queries: 166 regs
+        # out: (128, 64, 8, 3) spills 40 B on sm_80, (64, 64, 4, 3) 36 B, (128, 32, 8, 3)
+        # 8 B at D=32 on sm_80
+    ],
+    (128, "tf32"): [
+        (64, 32, 8, 2, False),  # 236 regs; 100 B spilled with dropout on sm_90
+        (32, 32, 4, 2, True),  # 214 regs; 80 KB
+        (16, 64, 4, 2, True),  # up to 16 queries: 240 regs
+        # out: (64, 32, 4, 2) spills 76 B with dropout; (128, 32, 8, 3) 124 B on sm_80;
+        # (32, 32, 4, 3) 4 B with dropout on sm_90
+    ],
+    (64, "ieee"): [  # FMA loops, see _FWD_TILES
+        (32, 32, 8, 2, True),  # the 128-wide heads' tile
+        (32, 32, 4, 2, True),  # 142 regs
+        # out: (64, 32, 4, 2) spills 644 B on sm_80; (16, 64, 4, 2) 24 B without dropout;
+        # (64, 32, 8, 2) and (16, 32, 4, 2) 4-8 B with dropout (ptxas stops at 128 / 80 regs);
+        # (16, 16, 4, 2) 4 B on sm_80
+    ],
+    (128, "ieee"): [
+        (32, 32, 8, 2, True),  # 102 regs
+        (16, 16, 4, 2, True),  # 92 regs
+        # out: (32, 32, 4, 2) spills 1 KB on sm_90, (16, 32, 4, 2) 4 B on sm_80
+    ],
+}
 
 
-@triton.autotune(configs=_bwd_dq_configs(),
-                 key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT"])
+def _smem_dq(cfg, nargs, kwargs):
+    k, d = cfg.kwargs, kwargs["HEAD_DIM"]
+    return (2 * k["BLOCK_M"] + 2 * cfg.num_stages * k["BLOCK_N"]) * d * nargs["Q"].element_size()
+
+
+@_autotune.autotune(configs=_configs(_DQ_TILES, (32, 16)),
+                    key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT", "DOT_PRECISION"],
+                    prune=_tuning(_DQ_TILES, _smem_dq))
 @triton.jit
 def _attn_bwd_dq(
     Q, stride_qb, stride_qh, stride_qt, stride_qd,  # (B, H, Tq, D) queries
@@ -469,8 +646,7 @@ def _dropout_mask_kernel(
     off_bh = tl.program_id(2).to(tl.int64)  # int64: B*H*Tq*Tk passes 2^31
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _keep_mask(seed, off_bh, offs_m[:, None], offs_n[None, :], N_CTX_Q, N_CTX_K,
-                      dropout_p)
+    keep = _keep_mask(seed, off_bh, offs_m[:, None], offs_n[None, :], dropout_p)
     ptrs = (Keep + off_bh * N_CTX_Q * N_CTX_K
             + offs_m[:, None].to(tl.int64) * N_CTX_K + offs_n[None, :])
     ok = (offs_m[:, None] < N_CTX_Q) & (offs_n[None, :] < N_CTX_K)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import reference
+from kernels import _autotune, reference
 from kernels._library import define_op, launch, use_triton
 from kernels._validate import check_linear_gelu
 
@@ -36,21 +36,124 @@ __all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward", "linear
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _configs(big):
-    """A small autotune set; the interpreter cannot benchmark, so it gets exactly one."""
+# --------------------------------------------------------------------------- autotuning
+#
+# Tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel and per operand type:
+# "16" for fp16/bf16, "tf32" and "ieee" for float32 (see _dot_precision). The autotuner is
+# offered the list for the launch's operands, less the tiles whose shared memory (the
+# _smem_* estimates, upper bounds of what Triton allocates) exceeds the GPU's. Every entry
+# compiles for sm_80 and sm_90 at GPT-2's MLP shapes (M = 8192, K = 768, N = 3072) without
+# spilling a register and within shared memory: `python -m bench.compile_report` checks it
+# (make test on a subset); "regs" below is the larger of the two chips' counts.
+# In the gradient kernels the (BLOCK_M, BLOCK_N) tile of dy and h is loaded and turned into
+# dh = dy * gelu'(h) in float32 before its matmul, so the reduction tile (BLOCK_N for dX,
+# BLOCK_M for dW) is kept short: a 128 x 128 float32 prologue spills on sm_80 (1.4 KB).
+
+_FWD_TILES = {
+    "16": [
+        (128, 128, 64, 8, 3),  # the large tile of Triton's matmul tutorial, BK=64: 188 regs
+        (128, 64, 64, 4, 3),  # half as wide: twice the programs when N is small; 196 regs
+        (64, 128, 64, 4, 3),  # half as tall, for few rows (short batches); 186 regs
+        (64, 64, 32, 4, 4),  # small problems: more programs than SMs; 114 regs
+        # (128, 256, 64, 8, 3) is gone: the GELU epilogue (h and y live together) spills
+    ],
+    "tf32": [  # float32 operands take twice the shared memory: BLOCK_K = 32
+        (128, 128, 32, 8, 3),  # 182 regs, 96 KB on sm_90; with BK=64 it spills on sm_80
+        (128, 64, 32, 4, 4),  # 184 regs
+        (64, 128, 32, 4, 4),  # 244 regs
+        (64, 64, 32, 4, 4),  # 128 regs
+    ],
+    "ieee": [  # float32 FMA loops (no TF32): no tensor cores, each thread holds its operands
+        (64, 128, 16, 4, 3),  # 254 regs, no spill
+        (64, 64, 32, 4, 3),  # 255 regs, no spill
+        (64, 64, 16, 4, 3),  # 168 regs
+        # out: (128, 128, 32, 8, 3) spills 16 B on sm_80 when storing h, (128, 64, 32, 4, 3) 44 B
+    ],
+}
+_DX_TILES = {  # dX = dh @ W: BLOCK_N is the reduction, BLOCK_K the width of the dX tile
+    "16": [
+        (128, 64, 128, 8, 3),  # a 128 x 128 dX tile: 177 regs
+        (128, 32, 128, 8, 3),  # the same with half the prologue tile: 169 regs
+        (64, 64, 64, 4, 3),  # 128 regs
+        (64, 32, 64, 4, 4),  # small problems; 96 regs
+    ],
+    "tf32": [
+        (128, 32, 128, 8, 3),  # 172 regs (with BLOCK_N = 64 it spills 8 B on sm_90)
+        (64, 32, 128, 4, 3),  # 168 regs
+        (64, 64, 32, 4, 3),  # 3 stages: 4 (160 KB estimated) would not fit an A100
+    ],
+    "ieee": [
+        (64, 32, 64, 4, 3),  # 232 regs
+        (64, 16, 64, 4, 3),  # 120 regs
+        (32, 32, 64, 4, 3),  # 96 regs
+        # out: (128, 32, 128, 8, 3) spills 12 B on sm_80, (64, 64, 32, 4, 3) 200 B
+    ],
+}
+_DW_TILES = {  # dW = dh^T @ x: BLOCK_M (rows of x) is the reduction, dW tiles BLOCK_N x BLOCK_K
+    "16": [
+        (32, 128, 128, 8, 3),  # a 128 x 128 dW tile, 32 rows per step: 254 regs
+        (32, 64, 128, 4, 3),  # 239 regs
+        (32, 128, 64, 4, 3),  # 255 regs, no spill
+        (64, 64, 64, 4, 3),  # 190 regs
+        # (128, 128, 32, 8, 3) and (64, 128, 128, 8, 3) are gone: 1.4 / 1.5 KB spilled on sm_80
+    ],
+    "tf32": [
+        (32, 128, 128, 8, 3),  # 255 regs, no spill; 116 KB on sm_90
+        (32, 64, 128, 4, 3),  # 255 regs, no spill
+        (32, 128, 64, 4, 3),  # 255 regs, no spill
+        (64, 64, 64, 4, 3),  # 168 regs
+    ],
+    "ieee": [
+        (32, 128, 128, 8, 3),  # 171 regs; 116 KB
+        (32, 64, 128, 4, 3),  # 185 regs
+        (32, 64, 64, 4, 3),  # 128 regs
+        # out: (64, 64, 32, 4, 3) spills 312 B on sm_80
+    ],
+}
+_NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+
+
+def _smem_fwd(cfg, nargs, kwargs):
+    """num_stages buffers of an x tile (BM x BK) and a W tile (BK x BN)."""
+    k = cfg.kwargs
+    return (cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"]
+            * nargs["X"].element_size())
+
+
+def _smem_dx(cfg, nargs, kwargs):
+    """num_stages buffers of dy and h tiles (BM x BN) and a W tile (BN x BK)."""
+    k = cfg.kwargs
+    return (cfg.num_stages * (2 * k["BLOCK_M"] + k["BLOCK_K"]) * k["BLOCK_N"]
+            * nargs["W"].element_size())
+
+
+def _smem_dw(cfg, nargs, kwargs):
+    """num_stages buffers of dy and h tiles (BN x BM) and an x tile (BM x BK)."""
+    k = cfg.kwargs
+    return (cfg.num_stages * (2 * k["BLOCK_N"] + k["BLOCK_K"]) * k["BLOCK_M"]
+            * nargs["X"].element_size())
+
+
+def _configs(tables):
+    """The autotune set: every tile of ``tables``; the interpreter cannot benchmark a
+    choice, so under TRITON_INTERPRET=1 it gets exactly one config."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4},
                               num_warps=4, num_stages=1)]
-    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
-        (128, 128, 32, 8, 3),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 32, 4, 4),
-    ]
-    if big:
-        shapes.append((128, 256, 64, 8, 3))
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                          num_warps=w, num_stages=s) for bm, bn, bk, w, s in shapes]
+    return _autotune.configs_from(tables, _NAMES, GROUP_M=8)
+
+
+def _prune(tables, smem, operand):
+    """The launch-time pruning: the tiles for the dtype of tensor ``operand`` (and the dot
+    precision for float32) that fit the GPU's shared memory."""
+    if _INTERPRET:
+        return None
+
+    def choose(nargs, kwargs):
+        kind = "16" if nargs[operand].element_size() == 2 else kwargs["DOT_PRECISION"]
+        return tables[kind]
+
+    return _autotune.Prune(_NAMES, choose, smem, operand)
 
 
 @triton.jit
@@ -86,7 +189,8 @@ def _gelu_grad(h):
     return s + 2.0 * h * s * (1.0 - s) * du
 
 
-@triton.autotune(configs=_configs(big=True), key=["M", "N", "K"])
+@_autotune.autotune(configs=_configs(_FWD_TILES), key=["M", "N", "K", "DOT_PRECISION"],
+                    prune=_prune(_FWD_TILES, _smem_fwd, "X"))
 @triton.jit
 def _linear_gelu_fwd(
     X, stride_xm, stride_xk,  # (M, K) input rows
@@ -134,7 +238,8 @@ def _linear_gelu_fwd(
         tl.store(H + out_offs, acc.to(H.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs(big=False), key=["M", "N", "K"])
+@_autotune.autotune(configs=_configs(_DX_TILES), key=["M", "N", "K", "DOT_PRECISION"],
+                    prune=_prune(_DX_TILES, _smem_dx, "W"))
 @triton.jit
 def _linear_gelu_bwd_dx(
     DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
@@ -178,7 +283,8 @@ def _linear_gelu_bwd_dx(
              acc.to(DX.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
 
 
-@triton.autotune(configs=_configs(big=False), key=["M", "N", "K"])
+@_autotune.autotune(configs=_configs(_DW_TILES), key=["M", "N", "K", "DOT_PRECISION"],
+                    prune=_prune(_DW_TILES, _smem_dw, "X"))
 @triton.jit
 def _linear_gelu_bwd_dw(
     DY, stride_dym, stride_dyn,  # (M, N) upstream gradient

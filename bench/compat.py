@@ -1,0 +1,126 @@
+"""The tested Triton range: the compile check with the oldest supported Triton and the newest.
+
+    make compat                                        # that is: python -m bench.compat
+    python -m bench.compat --versions=3.2.0,3.6.0,3.9.0
+    python -m bench.compat --subset=full               # the full compile report per version
+
+Each version is installed on its own, next to nothing else, with
+``pip install --no-deps --target <dir> triton==X`` (Triton does not depend on torch, and
+the installed torch is left alone), into ``~/.cache/gpt-triton/compat/triton-X`` (kept for
+the next run). Then ``python -m bench.compile_report`` runs in a fresh process with that
+directory first on ``sys.path`` (``PYTHONPATH``), so the kernels are compiled by that
+Triton for sm_80 and sm_90, every dtype, every config the autotuners offer. A version
+passes when every config compiles, spills nothing and fits in shared memory.
+
+The floor is the ``triton>=`` bound in ``pyproject.toml``; the newest is ``NEWEST``, the
+latest release this project was checked with. Exits with status 1 if any version fails.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gpt.cli import Opt, UsageError, parse, run_main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROG = "python -m bench.compat"
+NEWEST = "3.9.0"  # the newest Triton release checked; raise it after `make compat` passes
+
+
+def floor_version(pyproject=REPO_ROOT / "pyproject.toml"):
+    """The oldest supported Triton: the ``triton>=X`` bound of the project's dependencies."""
+    m = re.search(r'"triton>=([0-9][0-9.]*)', Path(pyproject).read_text())
+    if not m:
+        raise UsageError(f"{pyproject} has no triton>= dependency")
+    version = m.group(1)
+    return version if version.count(".") >= 2 else version + ".0"
+
+
+OPTIONS = {
+    "what": dict(
+        versions=Opt("", f"comma-separated Triton versions; default: the floor in pyproject.toml "
+                         f"and {NEWEST}"),
+        subset=Opt("ci", "compile_report subset: ci (GPT-2 small's shapes) or full",
+                   choices=("ci", "full")),
+        targets=Opt("sm_80,sm_90", "compile_report targets"),
+    ),
+    "run": dict(
+        install_dir=Opt(str(Path.home() / ".cache" / "gpt-triton" / "compat"),
+                        "where each version is installed (triton-X/)"),
+        workers=Opt(2, "compiler processes per report", ge=1),
+        cache=Opt(False, "let compile_report reuse cached compile results"),
+        out_dir=Opt("", "where the reports go; default: install_dir (full reports: "
+                        "bench/results)"),
+    ),
+}
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def install(version, install_dir):
+    """The directory holding Triton ``version`` alone (installed there on first use)."""
+    target = Path(install_dir).expanduser() / f"triton-{version}"
+    if (target / "triton" / "__init__.py").exists():
+        return target
+    tmp = target.with_name(target.name + ".partial")
+    print(f"installing triton=={version} into {target}", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(tmp), f"triton=={version}"], check=True)
+    os.replace(tmp, target)
+    return target
+
+
+def check_version(version, cfg, out):
+    """Run the compile report under Triton ``version``; a summary dict."""
+    path = install(version, cfg["install_dir"])
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(path), str(REPO_ROOT)])
+    cmd = [sys.executable, "-m", "bench.compile_report", f"--subset={cfg['subset']}",
+           f"--targets={cfg['targets']}", f"--workers={cfg['workers']}",
+           f"--cache={cfg['cache']}", f"--out={out}"]
+    print(f"\n==> triton {version}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
+    rec = dict(version=version, returncode=rc, seconds=round(time.perf_counter() - t0, 1))
+    if Path(out).exists():
+        doc = json.loads(Path(out).read_text())
+        rec.update(doc["totals"], ran_with=doc["versions"]["triton"])
+        if rec["ran_with"] != version:  # the path did not win over the installed Triton
+            rec["returncode"] = rc or 1
+    return rec
+
+
+def run(cfg):
+    versions = [v.strip() for v in cfg["versions"].split(",") if v.strip()] or \
+        [floor_version(), NEWEST]
+    bad = [v for v in versions if not re.fullmatch(r"\d+\.\d+(\.\d+)?", v)]
+    if bad:
+        raise UsageError(f"--versions must be release numbers like 3.2.0; got {', '.join(bad)}")
+    from datetime import date
+
+    out_dir = Path(cfg["out_dir"] or (REPO_ROOT / "bench" / "results" if cfg["subset"] == "full"
+                                      else Path(cfg["install_dir"]).expanduser()))
+    suffix = "" if cfg["subset"] == "full" else f"-{cfg['subset']}"
+    results = [check_version(v, cfg, out_dir / f"compile-{v}-{date.today()}{suffix}.json")
+               for v in versions]
+    print("\n| triton | result | compiles | failed | spill | over smem | seconds |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        verdict = "pass" if r["returncode"] == 0 else "FAIL"
+        print(f"| {r['version']} | {verdict} | {r.get('compiles', '-')} | {r.get('failed', '-')} "
+              f"| {r.get('spilling', '-')} | {r.get('over_smem', '-')} | {r['seconds']:.0f} |")
+    if any(r["returncode"] for r in results):
+        raise SystemExit(1)
+    return results
+
+
+def main(argv=None):
+    cfg = parse(argv, OPTIONS, prog=PROG, description=DESCRIPTION)
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    run_main(main, PROG)
