@@ -42,5 +42,5 @@ compat: install
 
 # On a machine with an NVIDIA GPU: GPU tests, kernel and training benchmarks, memory meter,
 # report and README results block (refuses without a GPU)
-gpu-check: install
+gpu-check: install-test
 	$(PYTHON) -m bench.gpu_check $(ARGS)
