@@ -83,7 +83,14 @@ def test_matches_torch_functional_in_float64():
 @pytest.mark.parametrize("scale", [30.0, 1e4])
 def test_large_pre_activations_stay_finite(scale):
     """|h| up to ~1e4: exp(-2u) overflows to inf, gelu -> h or 0 and gelu' -> 1 or 0, no NaN."""
-    check_against_reference(*make_inputs((9,), 48, 40, torch.float32, scale=scale))
+    # At |x| ~ 1e4, h = x.w is a sum of terms ~1e4 rounded in float32 (absolute error ~1e-3);
+    # when one of the 360 entries of h lands near GELU's bend (|h| < 3), its gelu'(h) is off by
+    # that error times gelu'', and the gradients' relative error with it. Not the kernel:
+    # PyTorch's own float32 F.linear + F.gelu measured the same tail (150 draws: median 8e-8,
+    # max 7.6e-5, 2 above 1e-5; the kernel: median 7e-8, max 9.9e-5, 4 above 1e-5). So the
+    # bound at scale 1e4 is 5e-4, the fixed 1e-5 only where the inputs are well conditioned.
+    tol = 5e-4 if scale > 100 else None
+    check_against_reference(*make_inputs((9,), 48, 40, torch.float32, scale=scale), tol=tol)
 
 
 def test_loss_times_three():
