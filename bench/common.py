@@ -254,14 +254,57 @@ def unique_path(path):
     return candidate
 
 
-def write_json(path, doc):
-    """Write ``doc`` as indented JSON, atomically (temporary file + rename)."""
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically (temporary file + rename); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path, doc):
+    """Write ``doc`` as indented JSON, atomically (temporary file + rename)."""
+    return write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def replace_block(text, block, start, end):
+    """``text`` with what lies between the markers ``start`` and ``end`` replaced by
+    ``block`` (UsageError when the README has no such block)."""
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise UsageError(f"the README has no {start} ... {end} block to update")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block.strip()}\n{end}{tail}"
+
+
+def cpu_peak_bytes(step):
+    """Peak live bytes of torch's CPU allocations during step(), relative to its start, from
+    the profiler's records.
+
+    With ``profile_memory=True`` the profiler keeps one record per allocation and per free
+    (size negative) with its time; in time order their running sum is the live bytes and its
+    maximum the peak. The records are read from the raw event tree (a private but long-lived
+    torch API): the summary events charge a free to the op that encloses it, out of time order.
+    No Python stacks are recorded: with the interpreter they would cost minutes.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    records, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        node = todo.pop()
+        todo.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            records.append((node.start_time_ns, node.extra_fields.alloc_size))
+    live = peak = 0
+    for _, size in sorted(records):
+        live += size
+        peak = max(peak, live)
+    return peak
 
 
 def write_results(path, meta, section, payload, ceilings=None):

@@ -53,6 +53,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from types import SimpleNamespace
 
+from bench.common import replace_block, write_text
 from gpt.cli import Opt, UsageError, parse, run_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -783,25 +784,9 @@ def readme_block(docs):
     return "\n".join(lines)
 
 
-def replace_block(text, block):
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise UsageError(f"the README has no {START} ... {END} block to update")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block.strip()}\n{END}{tail}"
-
-
-def _write(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def update_readme(readme, docs):
     readme = Path(readme)
-    _write(readme, replace_block(readme.read_text(), readme_block(docs)))
+    write_text(readme, replace_block(readme.read_text(), readme_block(docs), START, END))
     return readme
 
 
@@ -907,12 +892,12 @@ def run(cfg):
     doc["wall_s"] = round(time.perf_counter() - t0, 1)
     suffix = "" if cfg["subset"] == "full" else f"-{cfg['subset']}"
     out = Path(cfg["out"] or RESULTS_DIR / f"compile-{version}-{doc['date']}{suffix}.json")
-    _write(out, json.dumps(doc, indent=1) + "\n")
+    write_text(out, json.dumps(doc, indent=1) + "\n")
     print(summary_md(doc))
     print(f"wrote {out}")
     if cfg["markdown"]:
         md = out.with_suffix(".md")
-        _write(md, report_md(doc))
+        write_text(md, report_md(doc))
         print(f"wrote {md}")
     if cfg["update_readme"]:
         docs = newest_reports(out.parent)

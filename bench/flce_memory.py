@@ -60,33 +60,6 @@ def fused(x, w, target):
                                               backend="triton")
 
 
-def _cpu_peak(step):
-    """Peak live bytes of torch's CPU allocations during step(), from the profiler's records.
-
-    With ``profile_memory=True`` the profiler keeps one record per allocation and per free
-    (size negative) with its time; in time order their running sum is the live bytes and its
-    maximum the peak. The records are read from the raw event tree (a private but long-lived
-    torch API): the summary events charge a free to the op that encloses it, out of time order.
-    No Python stacks are recorded: with the interpreter they would cost minutes.
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    records, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while todo:
-        node = todo.pop()
-        todo.extend(node.children)
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            records.append((node.start_time_ns, node.extra_fields.alloc_size))
-    live = peak = 0
-    for _, size in sorted(records):
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
 def measure(name, fn, x, w, target):
     xl = x.detach().clone().requires_grad_(True)
     wl = w.detach().clone().requires_grad_(True)
@@ -107,7 +80,7 @@ def measure(name, fn, x, w, target):
         method = "torch.cuda.max_memory_allocated minus the inputs"
     else:
         box = {}
-        peak = _cpu_peak(lambda: box.setdefault("loss", step()))
+        peak = common.cpu_peak_bytes(lambda: box.setdefault("loss", step()))
         loss = box["loss"]
         method = ("torch.profiler (profile_memory=True): peak running sum of torch CPU "
                   "allocations and frees")

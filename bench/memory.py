@@ -45,9 +45,7 @@ step with real tensors (the Triton kernels through the interpreter), its peak ta
 profiler's record of every CPU allocation and free, against the meter's peak of that step.
 """
 
-import json
 import math
-import os
 import re
 import sys
 import time
@@ -58,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import unique_path
+from bench.common import cpu_peak_bytes, unique_path, write_json
 from gpt.cli import Opt, UsageError, parse, run_main
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -352,28 +350,6 @@ def parse_memory(text, name="--gpu_memory"):
 
 # ----------------------------------------------------------------------------- validation
 
-def cpu_peak_bytes(step):
-    """Peak live bytes of torch's CPU allocations during step(), from the profiler's records:
-    one record per allocation and per free (negative size); in time order their running sum
-    is the live bytes, its maximum the peak (relative to the start)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    records, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while todo:
-        node = todo.pop()
-        todo.extend(node.children)
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            records.append((node.start_time_ns, node.extra_fields.alloc_size))
-    live = peak = 0
-    for _, size in sorted(records):
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
 def _live_bytes(model, optimizer):
     """Bytes held between steps: parameters (the tied one once), gradients, AdamW state."""
     seen, total = set(), 0
@@ -516,13 +492,6 @@ def table(result):
     return "\n".join(lines)
 
 
-def _write_json(path, payload):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     cfg = parse(argv, OPTIONS, prog="python -m bench.memory",
                 description="Exact memory of a GPT training step, metered on fake tensors.")
@@ -539,7 +508,7 @@ def main(argv=None):
     print(table(result))
     out = Path(cfg["out"]) if cfg["out"] else unique_path(  # never over an earlier result
         RESULTS_DIR / f"memory-{cfg['preset']}-{result['date']}.json")
-    _write_json(out, result)
+    write_json(out, result)
     print(f"wrote {out}")
     return result
 

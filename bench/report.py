@@ -24,7 +24,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, REPO_ROOT
+from bench.common import RESULTS_DIR, REPO_ROOT, replace_block, write_text
 from gpt.cli import Opt, UsageError, defaults, parse, run_main
 
 PROG = "python -m bench.report"
@@ -370,22 +370,9 @@ def _save(fig, png):
 
 # ----------------------------------------------------------------------------- README
 
-def replace_block(text, block):
-    """``text`` with what lies between the results markers replaced by ``block``."""
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise UsageError(f"the README has no {START} ... {END} block to update")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block.strip()}\n{END}{tail}"
-
-
 def update_readme(readme, block):
     readme = Path(readme)
-    new = replace_block(readme.read_text(), block)
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, readme)
-    return readme
+    return write_text(readme, replace_block(readme.read_text(), block, START, END))
 
 
 # ----------------------------------------------------------------------------- main
