@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import kernels
+import gpt_kernels
 from gpt import checkpoint as gckpt
 from gpt import data as gdata
 from gpt.events import data as events

@@ -6,7 +6,7 @@
     python -m bench.compile_report --update_readme=True  # and rewrite README's block
     python -m bench.compile_report --readme_only=True    # the block from the JSONs there
 
-For each kernel in ``kernels/`` x dtype (bf16, fp16, fp32 with IEEE dots, fp32 with TF32) x
+For each kernel in ``gpt_kernels/`` x dtype (bf16, fp16, fp32 with IEEE dots, fp32 with TF32) x
 target (sm_80 = A100, sm_90 = H100; sm_86 / sm_89 on request) x every config the kernel's
 autotuner offers at that shape, Triton's compiler produces the PTX and cubin the chip would
 run (``bench/triton_compile.py``), and the report records: compiled or not, registers per
@@ -15,7 +15,7 @@ the SASS (``HMMA``; ``HGMMA`` is Hopper's wgmma) and compile seconds.
 
 Launches come from the project's own launchers (``attention_forward``, ``layer_norm_backward``,
 ...) run on fake CUDA tensors (``FakeTensorMode``: shapes, dtypes, strides and storage
-offsets, no memory) inside ``kernels._library.recording()``, where each
+offsets, no memory) inside ``gpt_kernels._library.recording()``, where each
 ``launch(kernel)[grid](...)`` records its arguments instead of running. The device the
 launchers and the autotuners' pruning see is a stand-in for the target (its SM count and
 shared-memory limit), so the configs compiled are exactly those the autotuner would offer
@@ -140,11 +140,11 @@ class Case:
 
 
 def kernel_module(name):
-    """``kernels.<name>`` the module (the package binds the op's public function to
-    ``kernels.layer_norm`` and the like, over the module of the same name)."""
+    """``gpt_kernels.<name>`` the module (the package binds the op's public function to
+    ``gpt_kernels.layer_norm`` and the like, over the module of the same name)."""
     import importlib
 
-    return importlib.import_module(f"kernels.{name}")
+    return importlib.import_module(f"gpt_kernels.{name}")
 
 
 def _shape(preset):
@@ -279,7 +279,7 @@ def build_cases(subset, ops):
     attention with biases throughout, as the model runs it.
     """
     from gpt.model import PRESETS
-    from kernels import SUPPORTED_HEAD_DIMS
+    from gpt_kernels import SUPPORTED_HEAD_DIMS
 
     C0, H0, T0, _ = _shape("gpt2")
     if subset == "ci":
@@ -311,7 +311,7 @@ def kernel_modules():
 
 def launched_kernels(module):
     """Names of the module's Triton kernels that its Python code launches
-    (``launch(name)[grid](``, see ``kernels/_library.py``)."""
+    (``launch(name)[grid](``, see ``gpt_kernels/_library.py``)."""
     from triton.runtime.jit import KernelInterface
 
     src = inspect.getsource(module)
@@ -340,12 +340,12 @@ def _launch_of(kernel, args, kwargs):
 def stand_in_gpu(target, matmul_precision):
     """Fake CUDA tensors, a device that looks like ``target`` to the launchers and the
     autotuners' pruning, torch's float32 matmul precision, and every kernel launch recorded
-    instead of run (``kernels._library.recording``). Yields the list of recorded launches
+    instead of run (``gpt_kernels._library.recording``). Yields the list of recorded launches
     (kernel, grid, args, kwargs), complete when the block ends."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from kernels._library import recording
+    from gpt_kernels._library import recording
 
     props = SimpleNamespace(
         name=f"stand-in for {target.chip}", major=target.capability // 10,
@@ -473,7 +473,7 @@ def collect_jobs(cases, dtypes, targets, inject, pick="all"):
                         if job is None:
                             job = jobs[key] = dict(
                                 key=key, module=launch.module, kernel=launch.name,
-                                file=launch.module.removeprefix("kernels.") + ".py",
+                                file=launch.module.removeprefix("gpt_kernels.") + ".py",
                                 target=target.name, config=o["label"], specialisation=spec,
                                 smem_limit=target.smem, smem_estimate=o["smem"],
                                 injected=o["injected"], args=descs, kwargs=o["kwargs"],
@@ -825,7 +825,7 @@ def _check_environment():
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise UsageError("TRITON_INTERPRET=1 is set: the kernels would offer the interpreter's "
                          "single config, not what a GPU run offers; unset it")
-    attention = sys.modules.get("kernels.attention")
+    attention = sys.modules.get("gpt_kernels.attention")
     if attention is not None and getattr(attention, "_INTERPRET", False):
         raise UsageError("kernels were imported under TRITON_INTERPRET=1 in this process; "
                          "run the report in a fresh process without it")
@@ -869,7 +869,7 @@ def run(cfg):
     # training does (no dropout: not the dropout-mask kernel, which only tests use)
     missing = [] if cfg["subset"] != "full" else sorted(
         {f"{m.__name__}.{n}" for m in kernel_modules() for n in launched_kernels(m)
-         if n not in kernels_seen and m.__name__.removeprefix("kernels.") in ops})
+         if n not in kernels_seen and m.__name__.removeprefix("gpt_kernels.") in ops})
     results = compile_jobs(jobs, cfg["workers"], cfg["cache"], cfg["cache_dir"])
     records = make_records(jobs, results)
     commit, dirty = git_commit()

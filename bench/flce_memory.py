@@ -4,7 +4,7 @@ One forward + backward of each, at GPT-2 lm_head sizes by default (N=8192 tokens
 V=50304), weight without bias as in GPT-2's tied lm_head, ignore_index=-1 as the model uses:
 
     unfused:  F.cross_entropy((x @ W.T).float(), target)          (the logits materialised)
-    fused:    kernels.fused_linear_cross_entropy(x, W, target)    (token chunks, Triton CE)
+    fused:    gpt_kernels.fused_linear_cross_entropy(x, W, target)    (token chunks, Triton CE)
 
 How the peak is measured:
 
@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if not torch.cuda.is_available():
     # the Triton kernels run on a CPU only in Triton's interpreter, which must be switched on
-    # before triton is first imported (importing gpt or kernels does)
+    # before triton is first imported (importing gpt or gpt_kernels does)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench import common  # noqa: E402  (after the path fix above)
@@ -55,9 +55,9 @@ def unfused(x, w, target):
 
 
 def fused(x, w, target):
-    kernels = importlib.import_module("kernels")
-    return kernels.fused_linear_cross_entropy(x, w, target, ignore_index=IGNORE_INDEX,
-                                              backend="triton")
+    gpt_kernels = importlib.import_module("gpt_kernels")
+    return gpt_kernels.fused_linear_cross_entropy(x, w, target, ignore_index=IGNORE_INDEX,
+                                                  backend="triton")
 
 
 def measure(name, fn, x, w, target):
@@ -91,7 +91,7 @@ def measure(name, fn, x, w, target):
 
 def analytic(N, C, V, dtype):
     """Sizes of the largest buffers alive at once in each path (bytes)."""
-    fused_mod = sys.modules["kernels.fused_linear_cross_entropy"]
+    fused_mod = sys.modules["gpt_kernels.fused_linear_cross_entropy"]
     e = torch.empty((), dtype=dtype).element_size()
     rows = fused_mod.chunk_rows(N, V, C)
     unfused_bytes = {
@@ -140,7 +140,7 @@ def main(argv=None):
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise UsageError("--device=cpu runs the Triton kernels in Triton's interpreter: "
                          "start with TRITON_INTERPRET=1 in the environment")
-    importlib.import_module("kernels")
+    importlib.import_module("gpt_kernels")
     N = cfg["n"] or (ISSUE_SIZE[0] if device.type == "cuda" else 512)
     dtype = DTYPES[cfg["dtype"] or ("bfloat16" if device.type == "cuda" else "float32")]
     C, V = cfg["c"], cfg["v"]

@@ -7,8 +7,8 @@
 
 Providers (a provider that is missing or fails is recorded as skipped, with the reason):
 
-- ``triton``: the op forced to Triton, ``kernels.<op>(..., backend="triton")``;
-- ``torch``: the plain-PyTorch reference, ``kernels.reference.<op>`` (eager);
+- ``triton``: the op forced to Triton, ``gpt_kernels.<op>(..., backend="triton")``;
+- ``torch``: the plain-PyTorch reference, ``gpt_kernels.reference.<op>`` (eager);
 - ``compile``: ``torch.compile`` of that same reference code;
 - attention only: ``naive`` (nanoGPT's eager attention in the input dtype: QK^T, mask,
   softmax, @V), ``sdpa`` (``scaled_dot_product_attention``, PyTorch's own choice of backend)
@@ -285,19 +285,19 @@ def providers_for(op):
 
 def make_provider(name, op, device):
     """The callable for provider ``name`` of kernel ``op``; raises Skip when unavailable."""
-    import kernels
+    import gpt_kernels
 
     if name == "triton":
-        if kernels.TRITON_MISSING is not None:
-            raise Skip(f"no Triton: {kernels.TRITON_MISSING}")
+        if gpt_kernels.TRITON_MISSING is not None:
+            raise Skip(f"no Triton: {gpt_kernels.TRITON_MISSING}")
         if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise Skip("Triton needs a GPU, or TRITON_INTERPRET=1 (set before start) on the CPU")
-        return functools.partial(getattr(kernels, op), backend="triton")
+        return functools.partial(getattr(gpt_kernels, op), backend="triton")
     if name == "torch":
-        return getattr(kernels.reference, op)
+        return getattr(gpt_kernels.reference, op)
     if name == "compile":
         torch._dynamo.reset()  # a fresh cache: no recompile limit, no stale graphs
-        return torch.compile(getattr(kernels.reference, op), dynamic=False)
+        return torch.compile(getattr(gpt_kernels.reference, op), dynamic=False)
     if name == "naive":
         return naive_attention
     if name == "sdpa":

@@ -107,7 +107,7 @@ OPTIONS = {
 def _tracker_class(base):
     """``base`` (MemTracker, or FSDPMemTracker for a sharded model) made to see inside our
     ops and to keep only the step's overall peak."""
-    from kernels._library import LAUNCHERS
+    from gpt_kernels._library import LAUNCHERS
 
     class KernelMemTracker(base):
         """A mode only sees the ops dispatched to it, and an op's own allocations happen below
@@ -285,7 +285,7 @@ def batch_limit(config, path):
     """The largest micro-batch a path can launch at all: the Triton attention kernel puts
     B * n_head programs on one grid axis, which CUDA caps at 65535."""
     if path == "triton":
-        from kernels.attention import _MAX_GRID_Y
+        from gpt_kernels.attention import _MAX_GRID_Y
         return _MAX_GRID_Y // config.n_head
     return 1 << 16
 
@@ -385,10 +385,10 @@ VALIDATION_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_s
 
 def validate(paths, dtypes=("float32", "bfloat16"), batch_size=4, block_size=64):
     """Meter vs real CPU allocations for each path and dtype at a small size."""
-    import kernels
+    import gpt_kernels
     from gpt.model import GPTConfig
 
-    if "triton" in paths and not kernels.use_triton("auto", torch.empty(0)):
+    if "triton" in paths and not gpt_kernels.use_triton("auto", torch.empty(0)):
         raise UsageError("--validate runs the Triton kernels for real: on a machine without "
                          "CUDA run it as TRITON_INTERPRET=1 python -m bench.memory --validate=True")
     config = GPTConfig(**VALIDATION_CONFIG)

@@ -95,12 +95,12 @@ RECIPE = common.REPO_ROOT / "config" / "train_shakespeare_char.py"
 
 def torch_attention_note():
     """Which attention the torch path runs (the reference may or may not call SDPA)."""
-    from kernels import reference
+    from gpt_kernels import reference
 
     src = inspect.getsource(reference.flash_attention)
     if "scaled_dot_product_attention" in src:
-        return "kernels.reference.flash_attention, which calls F.scaled_dot_product_attention (SDPA)"
-    return ("kernels.reference.flash_attention: eager attention that materialises the (T, T) "
+        return "gpt_kernels.reference.flash_attention, which calls F.scaled_dot_product_attention (SDPA)"
+    return ("gpt_kernels.reference.flash_attention: eager attention that materialises the (T, T) "
             "scores in float32 (not SDPA)")
 
 
@@ -182,7 +182,7 @@ class Bench:
 def bench_path(path, cfg, mcfg, device, smoke, peak_tflops):
     backend, use_compile = PATHS[path]
     rec = dict(path=path, kernels=backend, compile=use_compile,
-               attention=("kernels/attention.py (Triton flash attention)" if backend == "triton"
+               attention=("gpt_kernels/attention.py (Triton flash attention)" if backend == "triton"
                           else torch_attention_note()))
     bench = Bench(path, mcfg, device, smoke)
     rec["dtype"] = bench.dtype

@@ -7,7 +7,7 @@
 
 With `use_cache=True` (the default) the prompt runs once through the model (prefill), filling
 preallocated per-layer key/value buffers, and every later step feeds only the newest token:
-its query attends to the cached keys through `kernels.flash_attention` with Tq < Tk
+its query attends to the cached keys through `gpt_kernels.flash_attention` with Tq < Tk
 (bottom-right causal alignment). Without the cache every step re-runs the whole context.
 
 Context-length policy: the model has `block_size` position embeddings. Once prompt + generated

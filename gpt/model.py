@@ -1,4 +1,4 @@
-"""GPT-2 in one file, built only from the ops in `kernels`.
+"""GPT-2 in one file, built only from the ops in `gpt_kernels`.
 
 The architecture is GPT-2's (Radford et al. 2019) as nanoGPT writes it: learned token and
 position embeddings, N pre-norm blocks [LayerNorm -> causal self-attention -> residual,
@@ -6,7 +6,7 @@ LayerNorm -> MLP (4x, tanh GELU) -> residual], a final LayerNorm and a language-
 tied to the token embedding. Parameter names are nanoGPT's / Hugging Face's, so checkpoints
 move between this project, nanoGPT and GPT-2 with a plain key map.
 
-Every hot op (attention, LayerNorm, linear+GELU, the loss) is a call into `kernels` with
+Every hot op (attention, LayerNorm, linear+GELU, the loss) is a call into `gpt_kernels` with
 `backend=config.kernels`: "torch" runs the plain-PyTorch references, "triton" the hand-written
 Triton kernels (registered as `torch.ops.gpt.*` operators), "auto" picks per call (Triton on
 CUDA, the reference on CPU).
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import kernels
+import gpt_kernels
 
 # ignored target id in `GPT.forward` (nanoGPT's convention; F.cross_entropy's default is -100)
 IGNORE_INDEX = -1
@@ -48,9 +48,9 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.kernels not in kernels.BACKENDS:
+        if self.kernels not in gpt_kernels.BACKENDS:
             raise ValueError(
-                f"GPTConfig.kernels must be one of {kernels.BACKENDS}, got {self.kernels!r}"
+                f"GPTConfig.kernels must be one of {gpt_kernels.BACKENDS}, got {self.kernels!r}"
             )
 
     @classmethod
@@ -87,7 +87,7 @@ class LayerNorm(nn.Module):
         self.backend = backend
 
     def forward(self, x):
-        return kernels.layer_norm(x, self.weight, self.bias, 1e-5, backend=self.backend)
+        return gpt_kernels.layer_norm(x, self.weight, self.bias, 1e-5, backend=self.backend)
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,7 +114,7 @@ class CausalSelfAttention(nn.Module):
             # mask is bottom-right aligned, so the T new queries are the last T positions
             k, v = kv_cache.update(layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        y = kernels.flash_attention(q, k, v, causal=True, dropout_p=dropout_p,
+        y = gpt_kernels.flash_attention(q, k, v, causal=True, dropout_p=dropout_p,
                                     backend=self.backend)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
@@ -130,7 +130,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         # c_fc and the tanh GELU are one fused op; the nn.Linear holds the parameters
-        x = kernels.linear_gelu(x, self.c_fc.weight, self.c_fc.bias, backend=self.backend)
+        x = gpt_kernels.linear_gelu(x, self.c_fc.weight, self.c_fc.bias, backend=self.backend)
         return self.dropout(self.c_proj(x))
 
 
@@ -154,7 +154,7 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
-        kernels.env_backend()  # a bad GPT_KERNELS fails here, not mid-forward
+        gpt_kernels.env_backend()  # a bad GPT_KERNELS fails here, not mid-forward
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -234,7 +234,7 @@ class GPT(nn.Module):
             raise ValueError(
                 f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}"
             )
-        loss = kernels.fused_linear_cross_entropy(
+        loss = gpt_kernels.fused_linear_cross_entropy(
             x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T),
             ignore_index=IGNORE_INDEX, backend=self.config.kernels,
         )

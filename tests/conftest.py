@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when `kernels` is first
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when `gpt_kernels` is first
 # imported: set it before any test module imports it, so CPU-only machines run the real
 # Triton kernels in the interpreter (DESIGN.md section 5). An explicit value is kept.
 if not torch.cuda.is_available():

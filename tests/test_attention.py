@@ -1,4 +1,4 @@
-"""The Triton flash-attention kernels (kernels/attention.py) against a float64 naive oracle.
+"""The Triton flash-attention kernels (gpt_kernels/attention.py) against a float64 naive oracle.
 
 On CPU the real kernels run in Triton's interpreter (the conftest sets TRITON_INTERPRET=1) on
 small shapes in float32 and float16, and in bfloat16 through the interpreter's upcast path;
@@ -17,9 +17,9 @@ from functools import partial
 import pytest
 import torch
 
-import kernels
+import gpt_kernels
 from gpt.model import CausalSelfAttention
-from kernels import attention as attn
+from gpt_kernels import attention as attn
 from tests.helpers import TOL, assert_close, rel_error
 
 flash_attention = partial(attn.flash_attention, backend="triton")  # the kernel, whatever GPT_KERNELS says

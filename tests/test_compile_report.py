@@ -136,8 +136,8 @@ def test_interpreter_offers_one_config():
         pytest.skip("the interpreter is off (a CUDA machine)")
     import importlib
 
-    attention = importlib.import_module("kernels.attention")
-    linear_gelu = importlib.import_module("kernels.linear_gelu")  # the module, not the op
+    attention = importlib.import_module("gpt_kernels.attention")
+    linear_gelu = importlib.import_module("gpt_kernels.linear_gelu")  # the module, not the op
     for kernel in (attention._attn_fwd, attention._attn_bwd_dkdv, attention._attn_bwd_dq,
                    linear_gelu._linear_gelu_fwd, linear_gelu._linear_gelu_bwd_dx,
                    linear_gelu._linear_gelu_bwd_dw):
@@ -147,7 +147,7 @@ def test_interpreter_offers_one_config():
 def test_prune_drops_what_the_device_cannot_hold(monkeypatch):
     """The launch-time pruning keeps the listed tiles that fit the device's shared memory,
     and the smallest one when none does."""
-    from kernels import _autotune
+    from gpt_kernels import _autotune
 
     names = ("BLOCK_M", "BLOCK_N")
     tables = {64: [(128, 64, 4, 3), (64, 64, 4, 3)], 128: [(256, 256, 8, 3)]}

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+import gpt_kernels
 from tests.helpers import TOL, assert_close
 
-ce_mod = importlib.import_module("kernels.cross_entropy")
+ce_mod = importlib.import_module("gpt_kernels.cross_entropy")
 cross_entropy = partial(ce_mod.cross_entropy, backend="triton")  # the kernel, whatever GPT_KERNELS says
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+import gpt_kernels
 import train
 from gpt import checkpoint as gckpt
 from gpt.cli import UsageError, parse
@@ -23,7 +23,7 @@ from tests.ddp_common import make_model_and_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-interpreter = pytest.mark.skipif(not kernels.use_triton("auto", torch.empty(0)),
+interpreter = pytest.mark.skipif(not gpt_kernels.use_triton("auto", torch.empty(0)),
                                  reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+import gpt_kernels
 from tests.helpers import TOL, assert_close
 
-flce_mod = importlib.import_module("kernels.fused_linear_cross_entropy")
+flce_mod = importlib.import_module("gpt_kernels.fused_linear_cross_entropy")
 flce = partial(flce_mod.fused_linear_cross_entropy, backend="triton")  # the kernel, whatever GPT_KERNELS says
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -1,8 +1,8 @@
-"""The Triton LayerNorm (kernels/layer_norm.py) against float64 references.
+"""The Triton LayerNorm (gpt_kernels/layer_norm.py) against float64 references.
 
 On CPU every test runs the real kernels in Triton's interpreter (the conftest sets
 TRITON_INTERPRET=1); LayerNorm has no tl.dot, so bfloat16 runs there too. Forward and the
-gradients of x, weight and bias are compared with ``kernels.reference.layer_norm`` on float64
+gradients of x, weight and bias are compared with ``gpt_kernels.reference.layer_norm`` on float64
 copies and with ``torch.nn.functional.layer_norm`` in float64.
 """
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import reference
-from kernels.layer_norm import MAX_WIDTH
-from kernels.layer_norm import layer_norm as _layer_norm
+import gpt_kernels
+from gpt_kernels import reference
+from gpt_kernels.layer_norm import MAX_WIDTH
+from gpt_kernels.layer_norm import layer_norm as _layer_norm
 
 layer_norm = partial(_layer_norm, backend="triton")  # the kernel, whatever GPT_KERNELS says
 from tests.helpers import TOL, assert_close
@@ -258,5 +258,5 @@ def test_gpu_backward_is_bit_identical_on_rerun(dtype):
 def test_gpu_auto_dispatch_takes_triton(monkeypatch):
     monkeypatch.delenv("GPT_KERNELS", raising=False)
     x, w, b = (t.cuda() for t in make_inputs((64,), 768, torch.float32))
-    assert kernels.use_triton("auto", x, w, b)
-    assert torch.equal(kernels.layer_norm(x, w, b), layer_norm(x, w, b))
+    assert gpt_kernels.use_triton("auto", x, w, b)
+    assert torch.equal(gpt_kernels.layer_norm(x, w, b), layer_norm(x, w, b))

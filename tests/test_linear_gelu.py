@@ -1,10 +1,10 @@
-"""The Triton linear + tanh-GELU (kernels/linear_gelu.py) against float64 references.
+"""The Triton linear + tanh-GELU (gpt_kernels/linear_gelu.py) against float64 references.
 
 On CPU every test runs the real kernels in Triton's interpreter (the conftest sets
 TRITON_INTERPRET=1), in float32 and float16: the interpreter's tl.dot is wrong for bfloat16
 operands, so bfloat16 (and the big GPT-2 shapes) run in the GPU-marked tests only.
 Forward and the gradients of x, weight and bias are compared with
-``kernels.reference.linear_gelu`` on float64 copies and with
+``gpt_kernels.reference.linear_gelu`` on float64 copies and with
 ``F.gelu(F.linear(...), approximate="tanh")`` in float64.
 """
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import reference
-from kernels.linear_gelu import linear_gelu as _linear_gelu
+import gpt_kernels
+from gpt_kernels import reference
+from gpt_kernels.linear_gelu import linear_gelu as _linear_gelu
 
 linear_gelu = partial(_linear_gelu, backend="triton")  # the kernel, whatever GPT_KERNELS says
 from tests.helpers import TOL, assert_close

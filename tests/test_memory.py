@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import kernels
+import gpt_kernels
 from bench import memory
 from gpt.cli import UsageError, run_main
 from gpt.model import GPT, GPTConfig
@@ -18,7 +18,7 @@ from gpt.model import GPT, GPTConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not kernels.use_triton("auto", torch.empty(0)),
+@pytest.mark.skipif(not gpt_kernels.use_triton("auto", torch.empty(0)),
                     reason="the real Triton step needs CUDA or TRITON_INTERPRET=1")
 def test_meter_matches_real_cpu_allocations():
     """Each path's metered peak is within 5% of the peak of the same step's real CPU

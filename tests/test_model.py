@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+import gpt_kernels
 from gpt.model import GPT, GPTConfig, PRESETS
 
 
@@ -116,14 +116,14 @@ def test_every_parameter_gets_a_gradient():
 def test_model_is_built_from_kernel_ops(monkeypatch):
     calls = {}
     for name in ["flash_attention", "layer_norm", "linear_gelu", "fused_linear_cross_entropy"]:
-        fn = getattr(kernels, name)
+        fn = getattr(gpt_kernels, name)
 
         def wrap(*a, _fn=fn, _name=name, **k):
             calls[_name] = calls.get(_name, 0) + 1
             assert k["backend"] == "torch"
             return _fn(*a, **k)
 
-        monkeypatch.setattr(kernels, name, wrap)
+        monkeypatch.setattr(gpt_kernels, name, wrap)
     model = GPT(small_config(n_layer=3, kernels="torch"))
     model(torch.randint(0, 67, (1, 8)), torch.randint(0, 67, (1, 8)))
     assert calls == {"layer_norm": 7, "flash_attention": 3, "linear_gelu": 3,

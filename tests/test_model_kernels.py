@@ -7,12 +7,12 @@ TRITON_INTERPRET=1), so these are real kernel runs on a small model.
 import pytest
 import torch
 
-import kernels
+import gpt_kernels
 from gpt.model import GPT, GPTConfig
 from tests.helpers import assert_close
 
-needs_all = pytest.mark.skipif(kernels.TRITON_MISSING is not None,
-                               reason=f"no Triton: {kernels.TRITON_MISSING}")
+needs_all = pytest.mark.skipif(gpt_kernels.TRITON_MISSING is not None,
+                               reason=f"no Triton: {gpt_kernels.TRITON_MISSING}")
 
 
 def pair(**kw):

@@ -16,21 +16,21 @@ import torch
 from torch.library import opcheck
 from torch.utils.checkpoint import checkpoint
 
-import kernels
+import gpt_kernels
 from gpt.model import GPT, GPTConfig
 from tests.helpers import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(
-    not kernels.use_triton("auto", torch.empty(0)) and not torch.cuda.is_available(),
+    not gpt_kernels.use_triton("auto", torch.empty(0)) and not torch.cuda.is_available(),
     reason="no Triton kernel runs here (needs CUDA or TRITON_INTERPRET=1)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-ln = importlib.import_module("kernels.layer_norm")
-lg = importlib.import_module("kernels.linear_gelu")
-ce = importlib.import_module("kernels.cross_entropy")
-fl = importlib.import_module("kernels.fused_linear_cross_entropy")
-at = importlib.import_module("kernels.attention")
+ln = importlib.import_module("gpt_kernels.layer_norm")
+lg = importlib.import_module("gpt_kernels.linear_gelu")
+ce = importlib.import_module("gpt_kernels.cross_entropy")
+fl = importlib.import_module("gpt_kernels.fused_linear_cross_entropy")
+at = importlib.import_module("gpt_kernels.attention")
 
 
 def leaf(*shape, dtype=torch.float32):
@@ -170,7 +170,7 @@ def test_activation_checkpointing_replays_attention_dropout():
     g = torch.randn(2, 2, 33, 16, device=DEVICE)
 
     def attn(q, k, v):
-        return kernels.flash_attention(q, k, v, dropout_p=0.3, backend="triton") * 2.0
+        return gpt_kernels.flash_attention(q, k, v, dropout_p=0.3, backend="triton") * 2.0
 
     torch.manual_seed(11)
     plain = torch.autograd.grad(attn(q, k, v), (q, k, v), g)

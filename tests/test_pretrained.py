@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+import gpt_kernels
 from gpt.model import GPT, GPTConfig
 from gpt.pretrained import save_pretrained
 
@@ -61,8 +61,8 @@ def test_from_pretrained_matches_transformers(tmp_path, fmt):
 
 
 def test_from_pretrained_with_triton_kernels(tmp_path, monkeypatch):
-    if kernels.TRITON_MISSING is not None:
-        pytest.skip(f"no Triton: {kernels.TRITON_MISSING}")
+    if gpt_kernels.TRITON_MISSING is not None:
+        pytest.skip(f"no Triton: {gpt_kernels.TRITON_MISSING}")
     hf = hf_model()
     hf.save_pretrained(tmp_path)
     model = GPT.from_pretrained(str(tmp_path), RANKS_PATH, kernels="triton").eval()

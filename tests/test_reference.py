@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels
-import kernels._library
-from kernels import _validate, reference
+import gpt_kernels
+import gpt_kernels._library
+from gpt_kernels import _validate, reference
 from tests.helpers import TOL, assert_close
 
 HALF_DTYPES = [torch.float16, torch.bfloat16]
@@ -548,15 +548,15 @@ def test_validation_errors(case):
 
 
 PUBLIC_BAD_CALLS = {
-    "flash_attention": (lambda: kernels.flash_attention(_t(2, 3), _q, _q), ValueError,
+    "flash_attention": (lambda: gpt_kernels.flash_attention(_t(2, 3), _q, _q), ValueError,
                         r"q must be 4-D"),
-    "layer_norm": (lambda: kernels.layer_norm(_x, _t(31), None), ValueError,
+    "layer_norm": (lambda: gpt_kernels.layer_norm(_x, _t(31), None), ValueError,
                    r"weight must have shape \(32,\)"),
-    "linear_gelu": (lambda: kernels.linear_gelu(_x, _t(10, 31)), ValueError,
+    "linear_gelu": (lambda: gpt_kernels.linear_gelu(_x, _t(10, 31)), ValueError,
                     r"weight must have shape \(N, K\)"),
-    "cross_entropy": (lambda: kernels.cross_entropy(_t(4, 10), torch.tensor([0, 1, 10, 2])),
+    "cross_entropy": (lambda: gpt_kernels.cross_entropy(_t(4, 10), torch.tensor([0, 1, 10, 2])),
                       ValueError, r"found 10"),
-    "fused_linear_cross_entropy": (lambda: kernels.fused_linear_cross_entropy(_x, _W, _tgt[:3]),
+    "fused_linear_cross_entropy": (lambda: gpt_kernels.fused_linear_cross_entropy(_x, _W, _tgt[:3]),
                                    ValueError, r"target must have shape \(4,\)"),
 }
 
@@ -606,34 +606,34 @@ class OpsCalled(TorchDispatchMode):
 
 def ran_our_ops(name, args, kwargs, backend="auto"):
     with OpsCalled() as seen:
-        out = getattr(kernels, name)(*args, backend=backend, **kwargs)
+        out = getattr(gpt_kernels, name)(*args, backend=backend, **kwargs)
     return "gpt" in seen.namespaces, out
 
 
 @pytest.fixture
 def cpu_rules(monkeypatch):
     """The dispatch rules of a CPU machine without TRITON_INTERPRET, whatever this one runs."""
-    monkeypatch.setattr(kernels._library, "INTERPRET", False)
+    monkeypatch.setattr(gpt_kernels._library, "INTERPRET", False)
     monkeypatch.delenv("GPT_KERNELS", raising=False)
     return monkeypatch
 
 
 def test_public_names_are_functions_not_modules():
-    for name in kernels.OP_NAMES:
-        fn = getattr(kernels, name)
+    for name in gpt_kernels.OP_NAMES:
+        fn = getattr(gpt_kernels, name)
         assert callable(fn) and fn.__name__ == name, name
 
 
 def test_unknown_backend_and_bad_env(cpu_rules):
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'triton'\), "
                                          r"got 'nope'"):
-        kernels.layer_norm(_x, _w32, None, backend="nope")
+        gpt_kernels.layer_norm(_x, _w32, None, backend="nope")
     cpu_rules.setenv("GPT_KERNELS", "cuda")
     with pytest.raises(ValueError, match="GPT_KERNELS"):
-        kernels.layer_norm(_x, _w32, None)
+        gpt_kernels.layer_norm(_x, _w32, None)
 
 
-@pytest.mark.parametrize("name", kernels.OP_NAMES)
+@pytest.mark.parametrize("name", gpt_kernels.OP_NAMES)
 def test_auto_on_cpu_uses_the_reference(name, cpu_rules):
     args, kwargs = OPS_ARGS[name]()
     ran, out = ran_our_ops(name, args, kwargs)
@@ -643,18 +643,18 @@ def test_auto_on_cpu_uses_the_reference(name, cpu_rules):
     assert not ran_our_ops(name, args, kwargs, backend="auto")[0]
 
 
-@pytest.mark.parametrize("name", kernels.OP_NAMES)
+@pytest.mark.parametrize("name", gpt_kernels.OP_NAMES)
 def test_triton_where_no_kernel_can_run_raises(name, cpu_rules):
     args, kwargs = OPS_ARGS[name]()
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        getattr(kernels, name)(*args, backend="triton", **kwargs)
+        getattr(gpt_kernels, name)(*args, backend="triton", **kwargs)
     cpu_rules.setenv("GPT_KERNELS", "triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        getattr(kernels, name)(*args, **kwargs)
+        getattr(gpt_kernels, name)(*args, **kwargs)
 
 
-@pytest.mark.skipif(not kernels._library.INTERPRET, reason="needs TRITON_INTERPRET=1 on CPU")
-@pytest.mark.parametrize("name", kernels.OP_NAMES)
+@pytest.mark.skipif(not gpt_kernels._library.INTERPRET, reason="needs TRITON_INTERPRET=1 on CPU")
+@pytest.mark.parametrize("name", gpt_kernels.OP_NAMES)
 def test_interpreter_on_cpu_runs_our_ops(name, monkeypatch):
     monkeypatch.delenv("GPT_KERNELS", raising=False)
     args, kwargs = OPS_ARGS[name]()
@@ -668,16 +668,16 @@ def test_interpreter_on_cpu_runs_our_ops(name, monkeypatch):
 
 def test_use_triton_rules(cpu_rules):
     meta = torch.empty(2, 3, device="meta")
-    assert not kernels.use_triton("auto", _x, None, 1.0)
-    assert not kernels.use_triton("torch", _x)
-    assert not kernels.use_triton("auto", meta)  # what a CPU machine would run
-    assert kernels.use_triton("triton", meta)  # shape-only: no kernel runs, any machine
+    assert not gpt_kernels.use_triton("auto", _x, None, 1.0)
+    assert not gpt_kernels.use_triton("torch", _x)
+    assert not gpt_kernels.use_triton("auto", meta)  # what a CPU machine would run
+    assert gpt_kernels.use_triton("triton", meta)  # shape-only: no kernel runs, any machine
     with pytest.raises(ValueError, match="backend must be one of"):
-        kernels.use_triton("cuda", _x)
+        gpt_kernels.use_triton("cuda", _x)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", kernels.OP_NAMES)
+@pytest.mark.parametrize("name", gpt_kernels.OP_NAMES)
 def test_auto_on_cuda_runs_our_ops(name, monkeypatch):
     monkeypatch.delenv("GPT_KERNELS", raising=False)
     args, kwargs = OPS_ARGS[name]()

@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import reference
-from kernels._library import define_op, launch, use_triton
-from kernels._validate import check_layer_norm
+from gpt_kernels import reference
+from gpt_kernels._library import define_op, launch, use_triton
+from gpt_kernels._validate import check_layer_norm
 
 __all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "layer_norm_fwd",
            "layer_norm_bwd"]
@@ -278,7 +278,7 @@ def layer_norm(x, weight, bias, eps=1e-5, *, backend="auto"):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim of x (..., C).
 
     Float32 statistics and math whatever the dtypes; the output has x's dtype (under
-    autocast too, like ``kernels.reference.layer_norm``: no cast to the autocast dtype), the
+    autocast too, like ``gpt_kernels.reference.layer_norm``: no cast to the autocast dtype), the
     gradients have the dtypes of x, weight and bias. ``bias`` may be None. Any layout of x is
     accepted (read through strides, or copied when (..., C) cannot be viewed as rows).
     ``backend``: "auto" (Triton where it runs, else the reference), "triton" or "torch".

@@ -6,7 +6,7 @@ backward. Here the tokens go through in chunks of ``chunk_rows(N, V, C)`` rows; 
 
 1. the chunk's logits are one matmul (torch / cuBLAS, as Liger-Kernel does) into a
    ``(rows, V)`` buffer this module allocated once and reuses for every chunk;
-2. the Triton cross-entropy kernel (``kernels/cross_entropy.py``) computes the chunk's loss and,
+2. the Triton cross-entropy kernel (``gpt_kernels/cross_entropy.py``) computes the chunk's loss and,
    in the same launch, overwrites that buffer with ``softmax - onehot`` (each program reads a
    logit before it writes its gradient, so the aliasing is safe);
 3. two more matmuls turn that into the chunk's rows of ``grad_x`` and its contribution to
@@ -46,10 +46,10 @@ import torch
 import triton
 from torch import Tensor
 
-from kernels import reference
-from kernels._library import define_op, use_triton
-from kernels._validate import check_fused_linear_cross_entropy
-from kernels.cross_entropy import cross_entropy_forward, reduce_loss, reduction_scale
+from gpt_kernels import reference
+from gpt_kernels._library import define_op, use_triton
+from gpt_kernels._validate import check_fused_linear_cross_entropy
+from gpt_kernels.cross_entropy import cross_entropy_forward, reduce_loss, reduction_scale
 
 __all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_forward",
            "flce_backward_none", "flce_fwd", "flce_bwd_none"]
@@ -223,7 +223,7 @@ def fused_linear_cross_entropy(x, weight, target, bias=None, ignore_index=-100,
     """cross_entropy(x @ weight.T + bias, target) without the (N, V) logits.
 
     x (N, C), weight (V, C), bias (V,) or None, target (N,); reductions as in
-    ``kernels.cross_entropy``; the loss is float32. Under autocast x, weight and bias are cast
+    ``gpt_kernels.cross_entropy``; the loss is float32. Under autocast x, weight and bias are cast
     to the autocast dtype like ``F.linear`` casts them; gradients come back in the dtypes the
     caller passed (from float32 accumulators). Under ``torch.no_grad()`` (or when no input
     requires grad) only the loss is computed.

@@ -25,9 +25,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import reference
-from kernels._library import define_op, launch, use_triton
-from kernels._validate import check_cross_entropy
+from gpt_kernels import reference
+from gpt_kernels._library import define_op, launch, use_triton
+from gpt_kernels._validate import check_cross_entropy
 
 __all__ = ["cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_loss",
            "cross_entropy_fwd", "cross_entropy_bwd", "block_config"]

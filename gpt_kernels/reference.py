@@ -1,6 +1,6 @@
 """PyTorch twins of the kernels: the CPU path, the `kernels="torch"` path, and the test oracle.
 
-Same signatures as the public functions in ``kernels``. Each one validates its arguments with
+Same signatures as the public functions in ``gpt_kernels``. Each one validates its arguments with
 the same ``check_*`` as the Triton launcher, then calls PyTorch's fastest op for the job on
 every device: ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CPU and
 GPU, no materialised (T, T) scores), ``F.layer_norm``, ``F.linear`` + ``F.gelu`` (on a CPU the tanh GELU
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from kernels._validate import (
+from gpt_kernels._validate import (
     check_attention,
     check_cross_entropy,
     check_fused_linear_cross_entropy,

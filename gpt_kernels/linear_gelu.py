@@ -26,9 +26,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _autotune, reference
-from kernels._library import define_op, launch, use_triton
-from kernels._validate import check_linear_gelu
+from gpt_kernels import _autotune, reference
+from gpt_kernels._library import define_op, launch, use_triton
+from gpt_kernels._validate import check_linear_gelu
 
 __all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward", "linear_gelu_fwd",
            "linear_gelu_bwd"]

@@ -20,7 +20,7 @@ Which registration:
 
 ``use_triton(backend, *tensors)`` is the one policy on top: the ``backend`` argument of the
 public ops ("auto" | "triton" | "torch") and the environment variable ``GPT_KERNELS`` choose
-between an op and its plain-PyTorch reference in ``kernels/reference.py``.
+between an op and its plain-PyTorch reference in ``gpt_kernels/reference.py``.
 """
 
 import os

@@ -34,9 +34,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _autotune, reference
-from kernels._library import define_op, env_backend, launch, use_triton
-from kernels._validate import SUPPORTED_HEAD_DIMS, check_attention
+from gpt_kernels import _autotune, reference
+from gpt_kernels._library import define_op, env_backend, launch, use_triton
+from gpt_kernels._validate import SUPPORTED_HEAD_DIMS, check_attention
 
 __all__ = ["flash_attention", "attention_forward", "attention_backward", "attention_fwd",
            "attention_bwd", "dropout_seed", "dropout_keep_mask"]

@@ -1,7 +1,7 @@
 """GPT-2's hot ops: hand-written Triton kernels registered as PyTorch operators, and their
 plain-PyTorch references.
 
-Public ops (the same signatures, less ``backend``, in ``kernels.reference``)::
+Public ops (the same signatures, less ``backend``, in ``gpt_kernels.reference``)::
 
     flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0, backend="auto")
     layer_norm(x, weight, bias, eps=1e-5, *, backend="auto")
@@ -10,21 +10,21 @@ Public ops (the same signatures, less ``backend``, in ``kernels.reference``)::
     fused_linear_cross_entropy(x, weight, target, bias=None, ignore_index=-100,
                                reduction="mean", *, backend="auto")
 
-Each lives in its own file (``kernels/layer_norm.py``, ...): the Triton kernels, their
+Each lives in its own file (``gpt_kernels/layer_norm.py``, ...): the Triton kernels, their
 launchers, the launchers registered as ``torch.library`` ops ``torch.ops.gpt.<op>_fwd`` /
 ``<op>_bwd`` with autograd, and the public function. ``backend``: "torch" runs the reference,
 "triton" the op, "auto" the op where a Triton kernel can run (CUDA tensors, or CPU tensors
 under ``TRITON_INTERPRET=1``) and the reference elsewhere; the environment variable
 ``GPT_KERNELS=torch|triton`` steers "auto". Which device kernel of an op runs is PyTorch's
-dispatch (see ``kernels/_library.py``).
+dispatch (see ``gpt_kernels/_library.py``).
 
 Without Triton (not installed, e.g. macOS) the public functions run the references and
 ``backend="triton"`` raises.
 """
 
-from kernels import reference
-from kernels._library import BACKENDS, env_backend, use_triton
-from kernels._validate import REDUCTIONS, SUPPORTED_HEAD_DIMS
+from gpt_kernels import reference
+from gpt_kernels._library import BACKENDS, env_backend, use_triton
+from gpt_kernels._validate import REDUCTIONS, SUPPORTED_HEAD_DIMS
 
 __all__ = [
     "flash_attention",
@@ -57,11 +57,11 @@ except ModuleNotFoundError as err:
     TRITON_MISSING = str(err)
 
 if TRITON_MISSING is None:
-    from kernels.attention import flash_attention
-    from kernels.cross_entropy import cross_entropy
-    from kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
-    from kernels.layer_norm import layer_norm
-    from kernels.linear_gelu import linear_gelu
+    from gpt_kernels.attention import flash_attention
+    from gpt_kernels.cross_entropy import cross_entropy
+    from gpt_kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+    from gpt_kernels.layer_norm import layer_norm
+    from gpt_kernels.linear_gelu import linear_gelu
 else:
     def _reference_only(ref):
         def op(*args, backend="auto", **kwargs):
