@@ -41,6 +41,6 @@ compat: install
 	$(PYTHON) -m bench.compat $(ARGS)
 
 # On a machine with an NVIDIA GPU: GPU tests, kernel and training benchmarks, memory meter,
-# report and README results block (refuses without a GPU)
+# report and the results block of docs/results.md (refuses without a GPU)
 gpu-check: install-test
 	$(PYTHON) -m bench.gpu_check $(ARGS)

@@ -29,7 +29,7 @@ compiled cleanly, in the committed full report of the same Triton version.
 
 Writes ``bench/results/compile-<triton>-<date>.json`` (``-ci`` appended for the subset), a
 markdown summary next to it, and with ``--update_readme=True`` the block between
-``<!-- compile:start -->`` and ``<!-- compile:end -->`` in README.md. Exits with status 1
+``<!-- compile:start -->`` and ``<!-- compile:end -->`` in docs/results.md. Exits with status 1
 when any compiled config fails, spills, or asks for more shared memory than the target has
 (``--check=False`` only reports).
 """
@@ -115,7 +115,7 @@ OPTIONS = {
         out=Opt("", "results JSON; default bench/results/compile-<triton>-<date>[-ci].json"),
         markdown=Opt(True, "also write the summary as <stem>.md next to the JSON"),
         update_readme=Opt(False, "rewrite the block between the compile markers in --readme"),
-        readme=Opt(str(REPO_ROOT / "README.md"), "the README to update"),
+        readme=Opt(str(REPO_ROOT / "docs" / "results.md"), "the page whose block is rewritten"),
         readme_only=Opt(False, "only rebuild the README block from the newest full report of "
                                "each Triton version in bench/results (no compiling)"),
         check=Opt(True, "exit with status 1 if any offered config fails, spills or exceeds "

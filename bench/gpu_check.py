@@ -46,7 +46,7 @@ OPTIONS = {
     ),
     "output": dict(
         out=Opt("", "results JSON; default bench/results/<device>-<date>[-smoke].json"),
-        readme=Opt(str(REPO_ROOT / "README.md"), "the README whose results block is updated"),
+        readme=Opt(str(REPO_ROOT / "docs" / "results.md"), "the page whose results block is rewritten"),
     ),
 }
 DESCRIPTION = __doc__.split("\n\n")[0]

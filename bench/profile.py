@@ -41,10 +41,11 @@ OPTIONS = {
 
 # kernel-name patterns -> group, first match wins (Triton kernels carry their function's name)
 GROUPS = (
-    ("attention", r"attn|flash|sdpa|fmha|softmax"),
-    ("layer norm", r"layer_norm|layernorm"),
+    ("attention", r"attn|flash|sdpa|fmha"),
+    ("layer norm", r"layer_norm|layernorm|gammabeta"),
     ("linear+gelu", r"linear_gelu|gelu"),
-    ("cross-entropy", r"cross_entropy|log_softmax|nll"),
+    # the eager path's only softmax kernels are F.cross_entropy's (SDPA's are cuDNN's)
+    ("cross-entropy", r"cross_entropy|softmax|nll"),
     ("optimizer", r"adam|multi_tensor|foreach|norm_kernel|clip"),
     ("matmul", r"gemm|sm90_|sm80_|cutlass|ampere|hopper|nvjet|matmul|_mm_|addmm"),
 )

@@ -12,7 +12,7 @@ micro-batch per path) and time to quality, then the full per-shape table. Writte
 JSON: ``<stem>.md`` (all of it), ``<stem>-kernels.png`` (speedup per kernel and size) and
 ``<stem>-train.png`` (tokens/sec and peak memory per path). With ``--update_readme=True`` the
 summary, end-to-end and time-to-quality tables replace what is between
-``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md.
+``<!-- results:start -->`` and ``<!-- results:end -->`` in docs/results.md (the generated tables; the README links to it).
 
 Smoke results (``"smoke": true``: CPU, tiny sizes) are ignored unless ``--include_smoke=True``,
 are then labelled as such, and never go into the README. Every number comes from the JSON.
@@ -42,7 +42,7 @@ OPTIONS = {
         dtype=Opt("bfloat16", "the dtype the plot shows",
                   choices=("bfloat16", "float16", "float32")),
         update_readme=Opt(False, "rewrite the block between the results markers in --readme"),
-        readme=Opt(str(REPO_ROOT / "README.md"), "the README to update"),
+        readme=Opt(str(REPO_ROOT / "docs" / "results.md"), "the page whose block is rewritten"),
     ),
 }
 DEFAULTS = defaults(OPTIONS)

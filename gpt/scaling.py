@@ -441,7 +441,7 @@ def print_plan(r, cfg):
 # thousand tokens per parameter (Chinchilla's 20 is for subword tokens and far bigger models),
 # hence the default centre of 300, and found batches of 16 x 64 tokens better than 32 x 64 at
 # these budgets. Its 15 runs took 16 minutes of CPU time (one thread) on this project's shared
-# 2-core machine; README's scaling section has the measured times and a fourth budget.
+# 2-core machine; docs/scaling.md has the measured times and a fourth budget.
 DEFAULT_BUDGETS = "5e10,1.5e11,5e11"
 DEFAULT_SIZES = "2x8,2x16,2x24,2x32,2x40,2x48,2x64,2x96"
 
