@@ -396,3 +396,19 @@ def test_nanogpt_cpu_side_by_side_on_a_stand_in_checkout(tmp_path, monkeypatch):
     written = json.loads((tmp_path / "results" / f"nanogpt-cpu-{day}-2.json").read_text())
     assert written["ratio"] == doc["ratio"]
     assert (tmp_path / "results" / f"nanogpt-cpu-{day}.json").read_text() == "{}"
+
+
+def test_profile_smoke_groups_every_kernel(tmp_path):
+    from bench import profile
+
+    out = tmp_path / "prof.json"
+    (rec,) = profile.main(["--smoke=True", "--paths=torch", "--warmup=0", "--steps=1",
+                           "--top=3", f"--out={out}"])
+    assert len(rec["kernels"]) == 3 and rec["total_ms"] > 0
+    # the groups partition the kernels: their times add up to the total
+    assert abs(sum(g["us"] for g in rec["groups"]) / 1e3 - rec["total_ms"]) < 1e-6
+    assert json.loads(out.read_text())["paths"][0]["path"] == "torch"
+    assert profile.group_of("_linear_gelu_bwd_dw") == "linear+gelu"
+    assert profile.group_of("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
+    assert profile.group_of("void at::native::cunn_SoftMaxForward<4, float>") == "cross-entropy"
+    assert profile.group_of("nvjet_sm90_tst_192x128_64x5") == "matmul"
