@@ -1,9 +1,9 @@
-"""gpt.attention: attention weights are proper causal distributions and reproduce the model."""
+"""gpt.attention_maps: attention weights are proper causal distributions and reproduce the model."""
 
 import pytest
 import torch
 
-from gpt import attention
+from gpt import attention_maps
 from gpt.cli import UsageError
 from gpt.model import GPT, GPTConfig
 from tests.test_sample import trained  # noqa: F401  (module fixture: a tiny trained model)
@@ -18,7 +18,7 @@ def test_weights_are_causal_distributions_and_reproduce_the_output():
         for p in model.parameters():
             p.normal_(0, 0.5)
     idx = torch.randint(0, 30, (2, 13))
-    weights = attention.attention_weights(model, idx)
+    weights = attention_maps.attention_weights(model, idx)
     assert len(weights) == 3
     for w in weights:
         assert w.shape == (2, 2, 13, 13)
@@ -38,29 +38,29 @@ def test_weights_are_causal_distributions_and_reproduce_the_output():
 
 
 def test_cli_writes_png(trained, tmp_path):  # noqa: F811
-    png = attention.main([f"--out_dir={trained}", "--text=First Citizen:", "--layer=all",
+    png = attention_maps.main([f"--out_dir={trained}", "--text=First Citizen:", "--layer=all",
                           f"--png={tmp_path / 'a.png'}"])
     assert (tmp_path / "a.png").stat().st_size > 10_000 and png.endswith("a.png")
-    attention.main([f"--out_dir={trained}", "--text=All:", "--layer=-1", f"--png={tmp_path / 'b.png'}"])
+    attention_maps.main([f"--out_dir={trained}", "--text=All:", "--layer=-1", f"--png={tmp_path / 'b.png'}"])
     assert (tmp_path / "b.png").exists()
     with pytest.raises(UsageError, match="--layer must be in"):
-        attention.main([f"--out_dir={trained}", "--layer=7", f"--png={tmp_path / 'c.png'}"])
+        attention_maps.main([f"--out_dir={trained}", "--layer=7", f"--png={tmp_path / 'c.png'}"])
     with pytest.raises(UsageError, match="--layer must be an int or all"):
-        attention.main([f"--out_dir={trained}", "--layer=first", f"--png={tmp_path / 'c.png'}"])
+        attention_maps.main([f"--out_dir={trained}", "--layer=first", f"--png={tmp_path / 'c.png'}"])
     with pytest.raises(UsageError, match="--text has 40 tokens"):
-        attention.main([f"--out_dir={trained}", "--text=" + "a" * 40, f"--png={tmp_path / 'c.png'}"])
+        attention_maps.main([f"--out_dir={trained}", "--text=" + "a" * 40, f"--png={tmp_path / 'c.png'}"])
     with pytest.raises(UsageError, match="--out_dir=.*no ckpt.pt"):
-        attention.main([f"--out_dir={tmp_path}"])
+        attention_maps.main([f"--out_dir={tmp_path}"])
     assert not (tmp_path / "c.png").exists()
 
 
 def test_text_escapes_and_readable_labels():
-    assert attention.unescape(r"ROMEO:\nBut\tsoft \\n") == "ROMEO:\nBut\tsoft \\n"
-    assert attention.unescape("no escapes") == "no escapes"
+    assert attention_maps.unescape(r"ROMEO:\nBut\tsoft \\n") == "ROMEO:\nBut\tsoft \\n"
+    assert attention_maps.unescape("no escapes") == "no escapes"
 
     class Chars:
         def decode(self, ids):
             return "".join(chr(i) for i in ids)
 
-    labels = attention.token_labels(Chars(), [ord(c) for c in "a \n\t"])
+    labels = attention_maps.token_labels(Chars(), [ord(c) for c in "a \n\t"])
     assert labels == ["a", "\u2423", "\\n", "\\t"]

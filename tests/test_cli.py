@@ -16,7 +16,7 @@ import train
 from bench import flce_memory, generate, memory, nanogpt_cpu, report
 from bench import kernels as bench_kernels
 from bench import train as bench_train
-from gpt import attention, data, sample
+from gpt import attention_maps, data, sample
 from gpt.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "train.py": (train, [sys.executable, str(ROOT / "train.py")]),
     "python -m gpt.sample": (sample, [sys.executable, "-m", "gpt.sample"]),
-    "python -m gpt.attention": (attention, [sys.executable, "-m", "gpt.attention"]),
+    "python -m gpt.attention_maps": (attention_maps, [sys.executable, "-m", "gpt.attention_maps"]),
     "python -m gpt.data": (data, [sys.executable, "-m", "gpt.data"]),
     "python -m bench.kernels": (bench_kernels, [sys.executable, "-m", "bench.kernels"]),
     "python -m bench.train": (bench_train, [sys.executable, "-m", "bench.train"]),
@@ -40,7 +40,7 @@ ENTRY_POINTS = {
 SUBPROCESS_MISTAKES = {
     "train.py": (["--max_iters=ten"], "--max_iters expects an int, got 'ten'"),
     "python -m gpt.sample": (["--out_dir=no_run_here"], "--out_dir=no_run_here: no ckpt.pt"),
-    "python -m gpt.attention": (["--layer=first"], "--layer must be an int or all"),
+    "python -m gpt.attention_maps": (["--layer=first"], "--layer must be an int or all"),
     "python -m gpt.data": (["--dataset=no/such.txt"], "--dataset='no/such.txt' is neither"),
     "python -m bench.kernels": (["--warmup=fast"], "--warmup expects an int, got 'fast'"),
     "python -m bench.train": (["--paths=jax"], "--paths='jax': unknown jax"),
@@ -152,7 +152,7 @@ MISTAKES = [
     ("python -m gpt.sample", ["--num_beams=0"], "--num_beams must be >= 1"),
     ("python -m gpt.sample", ["--device=tpu"], "--device must be auto, cpu, cuda or cuda:N"),
     ("python -m gpt.sample", ["--greedy=maybe"], "--greedy expects a bool"),
-    ("python -m gpt.attention", ["--out_dir=nowhere"], "--out_dir=nowhere: no ckpt.pt"),
+    ("python -m gpt.attention_maps", ["--out_dir=nowhere"], "--out_dir=nowhere: no ckpt.pt"),
     ("python -m gpt.data", ["--tokenizer=words"], "--tokenizer must be one of char, bpe, gpt2"),
     ("python -m gpt.data", ["--val_fraction=1.5"], "--val_fraction must be < 1"),
     ("python -m gpt.data", ["--gpt2_ranks=nope.tiktoken"], "--gpt2_ranks=nope.tiktoken: no such"),

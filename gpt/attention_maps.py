@@ -1,7 +1,7 @@
 """Pictures of what attention learned: one heat map per head, tokens on the axes.
 
-    python -m gpt.attention --out_dir=out --text="ROMEO: But soft" --layer=0    # one layer
-    python -m gpt.attention --out_dir=out --text='ROMEO:\nBut soft' --layer=all # every layer
+    python -m gpt.attention_maps --out_dir=out --text="ROMEO: But soft" --layer=0    # one layer
+    python -m gpt.attention_maps --out_dir=out --text='ROMEO:\nBut soft' --layer=all # every layer
 
 Writes `--png` (default out_dir/attention.png): a grid with one row per layer and one column
 per head; cell (i, j) of a map is how much query token i attends to key token j (a shared
@@ -20,7 +20,7 @@ import torch
 
 from gpt.cli import Opt, UsageError, defaults, parse, resolve_device, run_main
 
-PROG = "python -m gpt.attention"
+PROG = "python -m gpt.attention_maps"
 OPTIONS = {
     "input": dict(
         out_dir=Opt("out", "train.py's output folder (ckpt.pt, tokenizer.json)"),
