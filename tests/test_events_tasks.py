@@ -94,6 +94,22 @@ def test_gap_exclusions_occurrences_values_and_death():
     assert rows_of(labels) == [(1, 10.0, True)]
 
 
+def test_codes_ending_in_a_star_match_by_prefix():
+    """MIMIC-IV MEDS style codes: admissions and discharges carry their type in the code."""
+    tl = timelines({
+        1: [(0, "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", None), (4, "HOSPITAL_DISCHARGE//HOME", None),
+            (20, "HOSPITAL_ADMISSION//URGENT//TRANSFER", None), (23, "HOSPITAL_DISCHARGE//HOME", None),
+            (90, "LAB//50912//mg/dL", 1.0)],
+        2: [(0, "HOSPITAL_ADMISSION//ELECTIVE//PHYSICIAN REFERRAL", None),
+            (2, "HOSPITAL_DISCHARGE//SKILLED NURSING FACILITY", None), (60, "LAB//50912//mg/dL", 1.1)],
+        3: [(0, "HOSPITAL_ADMISSIONS_LOG//X", None), (40, "HOSPITAL_DISCHARGE", None)],  # no match: no "//"
+    })
+    t = task(trigger=("HOSPITAL_DISCHARGE//*",), outcome=("HOSPITAL_ADMISSION//*",),
+             occurrence="all")
+    assert rows_of(extract_labels(tl, t)) == [(1, 4.0, True), (1, 23.0, False), (2, 2.0, False)]
+    assert load_task(TASKS_DIR / "mimic" / "readmission_30d.toml").trigger == ("HOSPITAL_DISCHARGE//*",)
+
+
 def test_shipped_tasks_load_and_bad_task_files_say_what_is_wrong(tmp_path):
     names = sorted(p.stem for p in TASKS_DIR.glob("*.toml"))
     assert names == ["death_after_heart_disease", "metformin_after_high_hba1c", "uti_recurrence"]

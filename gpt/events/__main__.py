@@ -307,10 +307,15 @@ def cmd_predict(cfg):
         raise UsageError("--task=<task file or shipped task name> is required")
     task = load_task(cfg["task"])
     model, tok, timelines, _, device = _load_run(cfg)
-    unknown = [c for c in task.outcome if tok.unk_token in tok.code_ids(c)]
-    if len(unknown) == len(task.outcome):
+    from gpt.events.labels import matching
+
+    exact = [c for c in task.outcome if not c.endswith("*")]
+    prefixes = [c for c in task.outcome if c.endswith("*")]
+    known = ([c for c in exact if tok.unk_token not in tok.code_ids(c)]
+             + matching(tok.vocab[tok.code0:], prefixes))
+    if not known:
         raise UsageError(f"--task={cfg['task']}: no outcome code is in the model's vocabulary "
-                         f"({', '.join(unknown)})")
+                         f"({', '.join(task.outcome)})")
     if cfg["labels"]:
         if not Path(cfg["labels"]).is_file():
             raise UsageError(f"--labels={cfg['labels']}: no such file")

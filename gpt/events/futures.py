@@ -166,9 +166,12 @@ def task_prompts(tok, timelines, labels):
 
 
 def outcome_in_window(tok, future, codes, start_minutes, end_minutes):
-    """Whether one of `codes` occurs in a sampled future at a time in (start, end] minutes."""
+    """Whether one of `codes` (exact, or prefixes ending in '*') occurs in a sampled future at
+    a time in (start, end] minutes."""
+    from gpt.events.labels import matches
+
     events = tok.decode_events([tok.timeline_token, *future])
-    return any(c in codes and t is not None and start_minutes < t <= end_minutes
+    return any(t is not None and start_minutes < t <= end_minutes and matches(c, codes)
                for t, c, _ in events)
 
 
@@ -207,7 +210,7 @@ def predict_task(model, tok, timelines, labels, task, num_samples=20, max_new_to
                                  sampler == "shared", max_batch, on_group=on_group)
     lengths = np.array([min(len(p), block - 1) for p in prompts])
     prefill_tokens = int(lengths.sum()) * (1 if sampler == "shared" else num_samples)
-    outcome = set(task.outcome)
+    outcome = tuple(task.outcome)
     prob = np.array([np.mean([outcome_in_window(tok, f, outcome, d, d + window) for f in fs])
                      for fs, d in zip(futures, delta)])
     return prob, futures, prefill_tokens
@@ -227,6 +230,8 @@ def true_task_probability(process, timelines, labels, task, sims=200, seed=0):
     ev_rows, _, ev_k, _ = process.simulate(state.take(rep), np.zeros(len(rep)),
                                            np.full(len(rep), float(task.window_days)), rng)
     hit = np.zeros(len(rep), dtype=bool)
-    ks = [process.index[c] for c in task.outcome if c in process.index]
+    from gpt.events.labels import matching
+
+    ks = [process.index[c] for c in matching(process.codes, task.outcome)]
     hit[ev_rows[np.isin(ev_k, ks)]] = True
     return hit.reshape(R, sims)

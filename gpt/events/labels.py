@@ -15,6 +15,10 @@ tasks do. It is a small TOML file (shipped ones: `gpt/events/tasks/*.toml`):
     exclude = ["ATC//A10BA02"]         # no row if one of these occurs at or before prediction_time
     death_code = "MEDS_DEATH"          # ends a record: no rows after it, a competing event
 
+A code ending in `*` matches every code that starts with the rest: real datasets spell one
+kind of event many ways (MIMIC-IV MEDS: `HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM`, ...),
+and `HOSPITAL_ADMISSION//*` names them all.
+
 For each subject, each (first, or every) trigger event gives one candidate row with
 prediction_time = trigger time + gap. The row is kept when
 
@@ -64,6 +68,16 @@ class Task:
     gap_days: float = 0.0
     exclude: tuple = field(default_factory=tuple)
     death_code: str = "MEDS_DEATH"
+
+
+def matches(code, patterns):
+    """Whether a code is one of `patterns` (exact codes, or prefixes ending in '*')."""
+    return any(code == p or (p.endswith("*") and code.startswith(p[:-1])) for p in patterns)
+
+
+def matching(codes, patterns):
+    """The codes of a list that match the patterns."""
+    return [c for c in codes if matches(c, patterns)]
 
 
 def _codes(path, key, value, required=True):
@@ -121,11 +135,10 @@ def extract_labels(timelines, task):
     subject_id (int64), prediction_time (int64 microseconds), boolean_value (bool), patient
     (index into timelines), n_rows (how many of the patient's MEDS rows are at or before
     prediction_time: the history a model may see), trigger_time (int64 microseconds)."""
-    vocab = timelines.vocab
-    in_vocab = {c: i for i, c in enumerate(vocab)}
+    vocab = list(timelines.vocab)
 
-    def ids(codes):
-        return np.array([in_vocab[c] for c in codes if c in in_vocab], dtype=np.int64)
+    def ids(patterns):
+        return np.array([i for i, c in enumerate(vocab) if matches(c, patterns)], dtype=np.int64)
 
     trig, out, excl = ids(task.trigger), ids(task.outcome), ids(task.exclude)
     death = ids([task.death_code])
