@@ -336,12 +336,13 @@ def cmd_predict(cfg):
         if bar is not None:
             bar.update(done - bar.n)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prob, futures, prefill = predict_task(model, tok, timelines, labels, task, cfg["num_samples"],
                                           cfg["max_new_tokens"], cfg["temperature"], device,
                                           cfg["seed"], cfg["sampler"], cfg["max_batch"],
                                           on_group=progress)
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0  # CPU time: less swayed than wall time by other jobs
     if bar is not None:
         bar.close()
     out = Path(cfg["out"] or Path(cfg["out_dir"]) / "predictions" / task.name / f"{cfg['split']}.parquet")
@@ -351,12 +352,14 @@ def cmd_predict(cfg):
             "meds_dir": cfg["meds_dir"] or tok.source.get("meds_dir", ""), "split": cfg["split"],
             "rows": rows, "num_samples": cfg["num_samples"], "seed": cfg["seed"],
             "temperature": cfg["temperature"], "sampler": cfg["sampler"],
-            "seconds": seconds, "seconds_per_row": seconds / rows, "prefill_tokens": prefill,
+            "seconds": seconds, "seconds_per_row": seconds / rows, "cpu_seconds": cpu,
+            "cpu_seconds_per_row": cpu / rows, "prefill_tokens": prefill,
             "generated_tokens": int(sum(len(f) for fs in futures for f in fs))}
     _write_json(_sidecar(out), info)
     y = labels["boolean_value"]
     print(f"{task.name}: {rows:,} rows x {cfg['num_samples']} futures in {seconds:.1f} s "
-          f"({seconds / rows:.3f} s/row, sampler {cfg['sampler']}, {prefill:,} prefill tokens); "
+          f"({seconds / rows:.3f} s/row, CPU time {cpu / rows:.3f} s/row, sampler {cfg['sampler']}, "
+          f"{prefill:,} prefill tokens); "
           f"mean predicted "
           f"{prob.mean():.3f}, observed {y.mean():.3f}")
     print(f"written {out}")
@@ -445,22 +448,26 @@ def _calibration_plot(path, result, p, truth):
     import matplotlib.pyplot as plt
 
     panels = 2 if truth is not None else 1
+    # zoom on the probabilities there are (clinical outcomes are often rare)
+    top = min(1.0, 1.1 * max([float(np.max(p))] + [max(c[0], c[1]) for k in ("model", "truth_labels")
+                                                  if k in result for c in result[k]["calibration_curve"]]
+                             + ([float(np.max(truth))] if truth is not None else [])) + 0.02)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6), squeeze=False)
     ax = axes[0, 0]
     for name, key, style in (("model", "model", "o-"), ("true probability", "truth_labels", "s--")):
         if key in result:
             curve = np.array(result[key]["calibration_curve"])
             ax.plot(curve[:, 0], curve[:, 1], style, label=name)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-    ax.set(xlabel="predicted probability (bin mean)", ylabel="observed rate",
-           title="calibration against the labels")
+    ax.plot([0, top], [0, top], color="grey", lw=0.8)
+    ax.set(xlabel="predicted probability (bin mean)", ylabel="observed rate", xlim=(0, top),
+           ylim=(0, top), title="calibration against the labels")
     ax.legend()
     if truth is not None:
         ax = axes[0, 1]
         ax.scatter(truth, p, s=8, alpha=0.5)
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        ax.set(xlabel="true probability (simulated)", ylabel="model probability",
-               title="model against the truth")
+        ax.plot([0, top], [0, top], color="grey", lw=0.8)
+        ax.set(xlabel="true probability (simulated)", ylabel="model probability", xlim=(0, top),
+               ylim=(0, top), title="model against the truth")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
