@@ -1,10 +1,10 @@
 """Prediction tasks on patient timelines: task extraction, MEDS label/prediction files, the
 shared-prefill sampler, calibration metrics, and the labels -> predict -> score commands."""
 
+import importlib.util
 import math
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -21,6 +21,10 @@ from gpt.events.meds_data import Timelines, read_split
 from gpt.events.tokenizer import EventTokenizer
 from gpt.model import GPT, GPTConfig
 
+# MEDS files need pyarrow and meds (dependencies; the GPU image has neither): those tests
+# skip there, the task, sampler and metric tests run everywhere
+needs_meds = pytest.mark.skipif(importlib.util.find_spec("meds") is None,
+                                reason="needs the meds package (pyarrow)")
 DAY = 86_400 * 1_000_000
 T0 = np.datetime64("2016-01-01T00:00", "us").astype(np.int64)
 
@@ -137,8 +141,10 @@ def test_shipped_tasks_load_and_bad_task_files_say_what_is_wrong(tmp_path):
 # ---------------------------------------------------------------- MEDS files
 
 
+@needs_meds
 def test_label_and_prediction_files_follow_the_meds_schemas(tmp_path):
     import meds
+    import pyarrow.parquet as pq
 
     tl = timelines({1: [(0, "TRIG", None), (10, "OUT", None)], 2: [(0, "TRIG", None), (40, "X", None)]})
     labels = extract_labels(tl, task())
@@ -327,7 +333,10 @@ def run(tmp_path_factory):
     return base, meds_dir
 
 
+@needs_meds
 def test_labels_predict_score_end_to_end(run, capsys):
+    import pyarrow.parquet as pq
+
     from gpt.events.__main__ import main
 
     base, meds_dir = run
@@ -362,6 +371,7 @@ def test_labels_predict_score_end_to_end(run, capsys):
     assert r["truth"]["truth_sims"] == 30 and r["truth"]["reference_sims"] == 26
 
 
+@needs_meds
 def test_task_command_errors(run, tmp_path):
     from gpt.events.__main__ import main
 
@@ -381,6 +391,7 @@ def test_task_command_errors(run, tmp_path):
         main(["score", f"--predictions={tmp_path / 'none.parquet'}"])
 
 
+@needs_meds
 def test_prompts_stop_at_prediction_time(run):
     """The prompt holds the rows up to prediction_time; the clock offset is the time from the
     last of them to prediction_time (7 days for a UTI recurrence row without events between)."""

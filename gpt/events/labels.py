@@ -41,7 +41,6 @@ schemas before they are written (temporary file + rename); pyarrow and meds load
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +98,14 @@ def load_task(spec):
             names = ", ".join(sorted(p.stem for p in TASKS_DIR.glob("*.toml")))
             raise UsageError(f"--task={spec}: not a task file, nor a shipped task ({names})")
         path = shipped
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # Python 3.10: the same parser as a package
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UsageError("reading a task file needs Python 3.11+ (tomllib) or the tomli "
+                             "package (pip install tomli)") from None
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
