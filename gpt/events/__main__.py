@@ -337,7 +337,7 @@ def cmd_predict(cfg):
             bar.update(done - bar.n)
 
     t0, c0 = time.perf_counter(), time.process_time()
-    prob, futures, prefill = predict_task(model, tok, timelines, labels, task, cfg["num_samples"],
+    prob, futures, prefill, censored = predict_task(model, tok, timelines, labels, task, cfg["num_samples"],
                                           cfg["max_new_tokens"], cfg["temperature"], device,
                                           cfg["seed"], cfg["sampler"], cfg["max_batch"],
                                           on_group=progress)
@@ -354,6 +354,7 @@ def cmd_predict(cfg):
             "temperature": cfg["temperature"], "sampler": cfg["sampler"],
             "seconds": seconds, "seconds_per_row": seconds / rows, "cpu_seconds": cpu,
             "cpu_seconds_per_row": cpu / rows, "prefill_tokens": prefill,
+            "censored_futures": censored,
             "generated_tokens": int(sum(len(f) for fs in futures for f in fs))}
     _write_json(_sidecar(out), info)
     y = labels["boolean_value"]
@@ -362,6 +363,8 @@ def cmd_predict(cfg):
           f"{prefill:,} prefill tokens); "
           f"mean predicted "
           f"{prob.mean():.3f}, observed {y.mean():.3f}")
+    print(f"  {censored:.1%} of the futures stopped ([EOS] or the token budget) before the window's "
+          f"end without the outcome: left out of the fractions, as censored records are of the labels")
     print(f"written {out}")
     return prob
 

@@ -2,7 +2,10 @@
 
 A probability from simulation: for each label row the model reads the patient's history up
 to prediction_time and samples N futures through the task's window; the fraction of futures
-in which an outcome code occurs in the window is the predicted probability.
+in which an outcome code occurs in the window is the predicted probability. A future that the
+model ends ([EOS]: it learned that records stop, at the end of follow-up) before the window's
+end, without the outcome or a death, is censored and left out of the fraction, as a censored
+record gives no label row.
 
 The N futures of one row share their history. `evaluate.continue_timeline` prefills N copies
 of it (`[prompt] * N`: N x L prompt tokens through the model); `sample_futures` prefills each
@@ -165,14 +168,29 @@ def task_prompts(tok, timelines, labels):
     return prompts, delta
 
 
-def outcome_in_window(tok, future, codes, start_minutes, end_minutes):
-    """Whether one of `codes` (exact, or prefixes ending in '*') occurs in a sampled future at
-    a time in (start, end] minutes."""
+def future_outcome(tok, future, codes, start_minutes, end_minutes, death_code="MEDS_DEATH"):
+    """The outcome of one sampled future for a window (start, end] minutes after its first
+    token: True if one of `codes` (exact, or prefixes ending in '*') occurs in the window;
+    False if it does not and the future is seen to the window's end (its clock passes it) or
+    dies first; None if the future stops before ([EOS]: the model ended the record, or the
+    token budget) without either, a censored future, like the records labels leave out."""
     from gpt.events.labels import matches
 
-    events = tok.decode_events([tok.timeline_token, *future])
-    return any(t is not None and start_minutes < t <= end_minutes and matches(c, codes)
-               for t, c, _ in events)
+    for t, c, _ in tok.decode_events([tok.timeline_token, *future]):
+        if t is None or t > end_minutes:
+            continue
+        if t > start_minutes and matches(c, codes):
+            return True
+        if c == death_code:
+            return False
+    return False if float(tok.gap_minutes[list(future)].sum()) > end_minutes else None
+
+
+def outcome_fraction(outcomes):
+    """The predicted probability of one row from its futures' outcomes (future_outcome): the
+    fraction with the outcome among the futures that are not censored (0 when all are)."""
+    known = [o for o in outcomes if o is not None]
+    return float(np.mean(known)) if known else 0.0
 
 
 SAMPLERS = ("shared", "copies", "today")
@@ -181,8 +199,10 @@ SAMPLERS = ("shared", "copies", "today")
 def predict_task(model, tok, timelines, labels, task, num_samples=20, max_new_tokens=256,
                  temperature=1.0, device="cpu", seed=0, sampler="shared", max_batch=512,
                  on_group=None):
-    """(probability (R,), futures, prefill_tokens) for the label rows: the fraction of each
-    row's sampled futures with an outcome code in the window (prediction_time, + window_days].
+    """(probability (R,), futures, prefill_tokens, censored) for the label rows: the fraction
+    of each row's sampled futures with an outcome code in the window (prediction_time,
+    + window_days], among the futures that are not censored (future_outcome); `censored` is
+    the fraction of all futures that were.
 
     sampler: "shared" (sample_futures: one prefill per row, rows batched), "copies"
     (sample_futures without the shared prefill: the same futures for the same seed) or
@@ -211,9 +231,11 @@ def predict_task(model, tok, timelines, labels, task, num_samples=20, max_new_to
     lengths = np.array([min(len(p), block - 1) for p in prompts])
     prefill_tokens = int(lengths.sum()) * (1 if sampler == "shared" else num_samples)
     outcome = tuple(task.outcome)
-    prob = np.array([np.mean([outcome_in_window(tok, f, outcome, d, d + window) for f in fs])
-                     for fs, d in zip(futures, delta)])
-    return prob, futures, prefill_tokens
+    outcomes = [[future_outcome(tok, f, outcome, d, d + window, task.death_code) for f in fs]
+                for fs, d in zip(futures, delta)]
+    prob = np.array([outcome_fraction(o) for o in outcomes])
+    censored = float(np.mean([o is None for os_ in outcomes for o in os_]))
+    return prob, futures, prefill_tokens, censored
 
 
 def true_task_probability(process, timelines, labels, task, sims=200, seed=0):
