@@ -391,6 +391,14 @@ def test_labels_predict_score_end_to_end(run, capsys):
     assert (base / "pred_shared.png").is_file() and (base / "pred_shared.score.json").is_file()
     assert r["model"]["rows"] == 12 and 0 <= r["truth"]["model"]["mae"] <= 1
     assert r["truth"]["truth_sims"] == 30 and r["truth"]["reference_sims"] == 26
+    # a prediction file from elsewhere (no JSON from predict): the label metrics only
+    alone = base / "other" / "pred.parquet"
+    alone.parent.mkdir()
+    alone.write_bytes((base / "pred_shared.parquet").read_bytes())
+    r = main(["score", f"--predictions={alone}", "--n_boot=20"])
+    assert "truth" not in r and r["model"]["auroc"] == pytest.approx(main(
+        ["score", f"--predictions={base / 'pred_shared.parquet'}", "--n_boot=0", "--truth_sims=0"])["model"]["auroc"])
+    assert "true probability" not in capsys.readouterr().out
 
 
 @needs_meds
