@@ -425,7 +425,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     p = run_cli("-m", "gpt.events", "nope")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
-        "python -m gpt.events: error: unknown command 'nope'; expected one of generate, prepare, eval, sample"]
+        "python -m gpt.events: error: unknown command 'nope'; expected one of generate, prepare, eval, sample, labels, predict, score"]
     meds = meds_folder(tmp_path / "bad", BAD["unsorted"][0](good_columns()))
     out, data = tmp_path / "out", tmp_path / "data"
     p = run_cli("train.py", f"--dataset=meds:{meds}", f"--out_dir={out}", f"--data_dir={data}", "--device=cpu")

@@ -4,6 +4,9 @@
     python -m gpt.events prepare --dataset=meds:ehr_meds --split_codes=True
     python -m gpt.events eval --out_dir=out-ehr
     python -m gpt.events sample --out_dir=out-ehr --code=ICD10CM//I10 --days=365
+    python -m gpt.events labels --meds_dir=ehr_meds --task=uti_recurrence --out=labels.parquet
+    python -m gpt.events predict --out_dir=out-ehr --task=uti_recurrence --labels=labels.parquet
+    python -m gpt.events score --predictions=out-ehr/predictions/uti_recurrence/held_out.parquet
 
 `python -m gpt.events <command> --help` lists a command's options.
 """
@@ -62,6 +65,43 @@ COMMANDS = {
         meds_dir=Opt("", "MEDS folder (default: the one the tokenizer was fitted on)"),
         seed=Opt(1337, "random seed"),
         device=Opt("auto", "auto, cpu, cuda, cuda:N"),
+    )),
+    "labels": ("write a task's labels (MEDS label schema) for a MEDS folder", dict(
+        meds_dir=Opt("", "MEDS folder"),
+        task=Opt("", "a task file (.toml), or a shipped task: death_after_heart_disease, "
+                 "metformin_after_high_hba1c, uti_recurrence"),
+        split=Opt("held_out", "MEDS split", choices=("held_out", "tuning", "train")),
+        out=Opt("", "parquet file to write (default out-labels/<task>/<split>.parquet)"),
+    )),
+    "predict": ("sample futures for every label row; write MEDS predictions (parquet)", dict(
+        out_dir=Opt("out", "a train.py run on an events dataset"),
+        task=Opt("", "the task of the labels (file or shipped name)"),
+        labels=Opt("", "label file (default: extract the task's labels from the split)"),
+        split=Opt("held_out", "MEDS split the labels come from",
+                  choices=("held_out", "tuning", "train")),
+        meds_dir=Opt("", "MEDS folder (default: the one the tokenizer was fitted on)"),
+        out=Opt("", "parquet file to write (default out_dir/predictions/<task>/<split>.parquet)"),
+        num_samples=Opt(20, "sampled futures per label row", ge=1),
+        max_new_tokens=Opt(256, "token budget of one sampled future", ge=1),
+        temperature=Opt(1.0, "sampling temperature (1 = the model's own distribution)", gt=0),
+        sampler=Opt("shared", "shared: one prefill per row, its keys/values copied to the N "
+                    "futures, rows batched; copies: N prefilled copies per row (same futures); "
+                    "today: gpt.events sample's path (torch's RNG), for timing",
+                    choices=("shared", "copies", "today")),
+        max_batch=Opt(512, "futures decoded in one batch", ge=1),
+        max_rows=Opt(0, "predict the first N label rows only; 0: all", ge=0),
+        seed=Opt(1337, "random seed (each row draws from its own stream of it)"),
+        device=Opt("auto", "auto, cpu, cuda, cuda:N"),
+    )),
+    "score": ("AUROC, AUPRC, Brier, calibration (+ plot), bootstrap CIs; vs the truth on "
+              "synthetic data", dict(
+        predictions=Opt("", "a MEDS prediction file (parquet)"),
+        truth_sims=Opt(200, "synthetic data, files written by predict: futures of the true "
+                       "process per row (0: skip)", ge=0),
+        n_boot=Opt(1000, "bootstrap resamples for the 95% intervals (0: none)", ge=0),
+        bins=Opt(10, "calibration curve bins (equal counts)", ge=1),
+        plot=Opt("", "calibration plot (PNG) to write (default: next to the predictions)"),
+        seed=Opt(0, "random seed of the bootstrap and the true-process simulations"),
     )),
 }
 
@@ -232,7 +272,215 @@ def cmd_sample(cfg):
     return r
 
 
-HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, "sample": cmd_sample}
+def cmd_labels(cfg):
+    from gpt.events.labels import extract_labels, load_task, write_labels
+    from gpt.events.meds_data import read_split
+
+    if not cfg["meds_dir"]:
+        raise UsageError("--meds_dir=<MEDS folder> is required")
+    if not cfg["task"]:
+        raise UsageError("--task=<task file or shipped task name> is required")
+    task = load_task(cfg["task"])
+    timelines = read_split(cfg["meds_dir"], cfg["split"])
+    labels = extract_labels(timelines, task)
+    out = Path(cfg["out"] or Path("out-labels") / task.name / f"{cfg['split']}.parquet")
+    write_labels(out, labels)
+    n, pos = len(labels["subject_id"]), int(labels["boolean_value"].sum())
+    rate = f"{pos / n:.3f}" if n else "n/a"
+    print(f"{task.name}: {n:,} label rows from {len(np.unique(labels['subject_id'])):,} of "
+          f"{len(timelines):,} {cfg['split']} subjects, {pos:,} positive (rate {rate})")
+    print(f"written {out}")
+    return labels
+
+
+def _sidecar(path):
+    return Path(path).with_suffix(".json")
+
+
+def cmd_predict(cfg):
+    import time
+
+    from gpt.events.futures import predict_task
+    from gpt.events.labels import attach, extract_labels, load_task, read_labels, write_predictions
+
+    if not cfg["task"]:
+        raise UsageError("--task=<task file or shipped task name> is required")
+    task = load_task(cfg["task"])
+    model, tok, timelines, _, device = _load_run(cfg)
+    from gpt.events.labels import matching
+
+    exact = [c for c in task.outcome if not c.endswith("*")]
+    prefixes = [c for c in task.outcome if c.endswith("*")]
+    known = ([c for c in exact if tok.unk_token not in tok.code_ids(c)]
+             + matching(tok.vocab[tok.code0:], prefixes))
+    if not known:
+        raise UsageError(f"--task={cfg['task']}: no outcome code is in the model's vocabulary "
+                         f"({', '.join(task.outcome)})")
+    if cfg["labels"]:
+        if not Path(cfg["labels"]).is_file():
+            raise UsageError(f"--labels={cfg['labels']}: no such file")
+        labels = attach(timelines, read_labels(cfg["labels"]))
+    else:
+        labels = extract_labels(timelines, task)
+    if cfg["max_rows"]:
+        labels = {k: v[: cfg["max_rows"]] for k, v in labels.items()}
+    if not len(labels["subject_id"]):
+        raise UsageError(f"no label rows for {task.name} in the {cfg['split']} split")
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(labels["subject_id"]), unit="row", dynamic_ncols=True)
+
+    def progress(done):
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    prob, futures, prefill, censored = predict_task(model, tok, timelines, labels, task, cfg["num_samples"],
+                                          cfg["max_new_tokens"], cfg["temperature"], device,
+                                          cfg["seed"], cfg["sampler"], cfg["max_batch"],
+                                          on_group=progress)
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0  # CPU time: less swayed than wall time by other jobs
+    if bar is not None:
+        bar.close()
+    out = Path(cfg["out"] or Path(cfg["out_dir"]) / "predictions" / task.name / f"{cfg['split']}.parquet")
+    write_predictions(out, labels, prob)
+    rows = len(prob)
+    info = {"task": task.name, "task_spec": cfg["task"], "out_dir": cfg["out_dir"],
+            "meds_dir": cfg["meds_dir"] or tok.source.get("meds_dir", ""), "split": cfg["split"],
+            "rows": rows, "num_samples": cfg["num_samples"], "seed": cfg["seed"],
+            "temperature": cfg["temperature"], "sampler": cfg["sampler"],
+            "seconds": seconds, "seconds_per_row": seconds / rows, "cpu_seconds": cpu,
+            "cpu_seconds_per_row": cpu / rows, "prefill_tokens": prefill,
+            "censored_futures": censored,
+            "generated_tokens": int(sum(len(f) for fs in futures for f in fs))}
+    _write_json(_sidecar(out), info)
+    y = labels["boolean_value"]
+    print(f"{task.name}: {rows:,} rows x {cfg['num_samples']} futures in {seconds:.1f} s "
+          f"({seconds / rows:.3f} s/row, CPU time {cpu / rows:.3f} s/row, sampler {cfg['sampler']}, "
+          f"{prefill:,} prefill tokens); "
+          f"mean predicted "
+          f"{prob.mean():.3f}, observed {y.mean():.3f}")
+    print(f"  {censored:.1%} of the futures stopped ([EOS] or the token budget) before the window's "
+          f"end without the outcome: left out of the fractions, as censored records are of the labels")
+    print(f"written {out}")
+    return prob
+
+
+def _fmt(m, key, ci=True):
+    v = m[key]
+    text = "   n/a" if v != v else f"{v:6.3f}"
+    if ci and key in m.get("ci95", {}):
+        lo, hi = m["ci95"][key]
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def cmd_score(cfg):
+    from gpt.events.calibration import score_labels, score_truth
+    from gpt.events.labels import attach, load_task, read_predictions
+
+    if not cfg["predictions"]:
+        raise UsageError("--predictions=<MEDS prediction parquet> is required")
+    path = Path(cfg["predictions"])
+    if not path.is_file():
+        raise UsageError(f"--predictions={path}: no such file")
+    pred = read_predictions(path)
+    p, y = pred["probability"], pred["boolean_value"]
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise UsageError(f"{path}: predicted_boolean_probability must be in [0, 1] with no nulls")
+    result = {"predictions": str(path), "model": score_labels(p, y, cfg["n_boot"], cfg["seed"], cfg["bins"])}
+    info = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else None
+    truth = None
+    if info and cfg["truth_sims"]:
+        from gpt.events.futures import true_task_probability
+        from gpt.events.meds_data import read_split
+        from gpt.events.synthetic import SyntheticEHR, synthetic_info
+
+        if info.get("meds_dir") and Path(info["meds_dir"]).is_dir() and synthetic_info(info["meds_dir"]):
+            timelines = read_split(info["meds_dir"], info["split"])
+            rows = attach(timelines, pred)
+            task = load_task(info["task_spec"])
+            hits = true_task_probability(SyntheticEHR(), timelines, rows, task,
+                                         max(cfg["truth_sims"], info["num_samples"] + 2), cfg["seed"])
+            truth = hits.mean(axis=1)
+            result["truth"] = score_truth(p, hits, info["num_samples"], cfg["n_boot"], cfg["seed"])
+            result["truth_labels"] = score_labels(truth, y, cfg["n_boot"], cfg["seed"], cfg["bins"])
+            result["truth_at_n_labels"] = score_labels(hits[:, : info["num_samples"]].mean(axis=1), y,
+                                                       cfg["n_boot"], cfg["seed"], cfg["bins"])
+    m = result["model"]
+    print(f"{path}: {m['rows']:,} rows, {m['positives']:,} positive (rate {m['positive_rate']:.3f}), "
+          f"mean prediction {m['mean_prediction']:.3f}")
+    print(f"  {'vs labels':<12} {'AUROC [95% CI]':>22} {'AUPRC [95% CI]':>22} {'Brier [95% CI]':>22} "
+          f"{'slope':>6}")
+    names = [("model", "model")] + ([("truth", "truth_labels"), (f"truth@{info['num_samples']}",
+                                                                    "truth_at_n_labels")] if truth is not None else [])
+    for label, key in names:
+        s = result[key]
+        print(f"  {label:<12} {_fmt(s, 'auroc'):>22} {_fmt(s, 'auprc'):>22} {_fmt(s, 'brier'):>22} "
+              f"{_fmt(s, 'calibration_slope', ci=False):>6}")
+    if truth is not None:
+        t = result["truth"]
+        print(f"  vs the true probability ({t['truth_sims']} simulations of the true process per row; "
+              f"mean {t['mean_truth']:.3f}):")
+        print(f"  {'':<12} {'MAE [95% CI]':>22} {'slope':>6} {'slope* [95% CI]':>22} {'MSE':>8} = "
+              f"{'model^2':>8} + {'sampling':>8} + {'truth MC':>8}")
+        for label, key in (("model", "model"), (f"truth@{info['num_samples']}", "truth_at_n")):
+            if key in t:
+                s = t[key]
+                print(f"  {label:<12} {_fmt(s, 'mae'):>22} {_fmt(s, 'calibration_slope_truth', ci=False):>6} "
+                      f"{_fmt(s, 'calibration_slope_truth_denoised'):>22} "
+                      f"{s['mse']:8.5f} = {s['model_squared_error']:8.5f} + "
+                      f"{s['sampling_variance']:8.5f} + {s['truth_mc_variance']:8.5f}")
+        print(f"  (slope*: the slope with the sampling noise of {info['num_samples']} futures "
+              f"taken out; model^2: the squared error more futures would not remove)")
+    plot = Path(cfg["plot"] or path.with_suffix(".png"))
+    _calibration_plot(plot, result, p, truth)
+    out = path.with_suffix(".score.json")
+    _write_json(out, result)
+    print(f"written {out}, {plot}")
+    return result
+
+
+def _calibration_plot(path, result, p, truth):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if truth is not None else 1
+    # zoom on the probabilities there are (clinical outcomes are often rare)
+    top = min(1.0, 1.1 * max([float(np.max(p))] + [max(c[0], c[1]) for k in ("model", "truth_labels")
+                                                  if k in result for c in result[k]["calibration_curve"]]
+                             + ([float(np.max(truth))] if truth is not None else [])) + 0.02)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.6), squeeze=False)
+    ax = axes[0, 0]
+    for name, key, style in (("model", "model", "o-"), ("true probability", "truth_labels", "s--")):
+        if key in result:
+            curve = np.array(result[key]["calibration_curve"])
+            ax.plot(curve[:, 0], curve[:, 1], style, label=name)
+    ax.plot([0, top], [0, top], color="grey", lw=0.8)
+    ax.set(xlabel="predicted probability (bin mean)", ylabel="observed rate", xlim=(0, top),
+           ylim=(0, top), title="calibration against the labels")
+    ax.legend()
+    if truth is not None:
+        ax = axes[0, 1]
+        ax.scatter(truth, p, s=8, alpha=0.5)
+        ax.plot([0, top], [0, top], color="grey", lw=0.8)
+        ax.set(xlabel="true probability (simulated)", ylabel="model probability", xlim=(0, top),
+               ylim=(0, top), title="model against the truth")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, "sample": cmd_sample,
+            "labels": cmd_labels, "predict": cmd_predict, "score": cmd_score}
 
 
 def main(argv=None):
@@ -248,7 +496,7 @@ def main(argv=None):
         raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
     help_, options = COMMANDS[command]
     cfg = parse(rest, options, prog=f"{PROG} {command}", description=help_)
-    with torch.no_grad() if command in ("eval", "sample") else nullcontext():
+    with torch.no_grad() if command in ("eval", "sample", "predict") else nullcontext():
         return HANDLERS[command](cfg)
 
 
