@@ -61,6 +61,8 @@ OPTIONS = {
                  "default is no)"),
         kernels=Opt("auto", "auto: Triton on CUDA, PyTorch on CPU; or force one",
                     choices=("auto", "triton", "torch")),
+        causal=Opt(True, "causal attention mask; False lets each position see the future "
+                   "(a lesson: low loss, garbage samples; docs/curriculum.md)"),
     ),
     "optimizer": dict(
         learning_rate=Opt(1e-3, "peak AdamW learning rate", gt=0),
@@ -393,10 +395,11 @@ def build_model(cfg, run, vocab_size, saved_args=None):
     dropout may change); its weights come later, with the optimizer's state."""
     model_args = dict(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                       block_size=cfg["block_size"], bias=cfg["bias"], dropout=cfg["dropout"],
-                      vocab_size=vocab_size, kernels=cfg["kernels"])
+                      vocab_size=vocab_size, kernels=cfg["kernels"], causal=cfg["causal"])
     if saved_args is not None:
         for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
             model_args[k] = saved_args[k]
+        model_args["causal"] = saved_args.get("causal", True)  # older checkpoints: causal
     model = GPT(GPTConfig(**model_args)).to(run.device)
     model.activation_checkpointing = cfg["activation_checkpointing"]
     if run.parallel == "fsdp":

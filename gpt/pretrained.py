@@ -145,6 +145,8 @@ def save_pretrained(model, folder):
     from safetensors.torch import save_file
 
     cfg = model.config
+    if not cfg.causal:
+        raise ValueError("save_pretrained writes GPT-2, a causal model; this one has causal=False")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
