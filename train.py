@@ -92,6 +92,8 @@ OPTIONS = {
                  "1 s of CPU a run)"),
         num_samples=Opt(2, "samples printed at the end", ge=0),
         sample_tokens=Opt(300, "tokens per sample", ge=0),
+        eval_sample_tokens=Opt(64, "tokens of a short sample at every evaluation, into the log "
+                               "and metrics.jsonl; 0: none", ge=0),
     ),
     "system": dict(
         device=Opt("auto", "auto (cuda if available), cpu, cuda, cuda:N"),
@@ -308,9 +310,9 @@ def plot_losses(metrics_path, png_path):
     os.replace(tmp, png_path)
 
 
-def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
-    """A few samples from the trained model, started from a newline (or end-of-text; a patient
-    timeline from its start token)."""
+def sample_start(tokenizer):
+    """The ids a sample starts from: a newline (or end-of-text; a patient timeline, or a
+    tokenizer with special tokens, from its start token)."""
     try:
         start = tokenizer.encode("\n")
     except ValueError:
@@ -319,13 +321,23 @@ def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
         start = [tokenizer.bos_token]
     if not start:
         start = [tokenizer.eot_token if tokenizer.eot_token is not None else 0]
-    x = torch.tensor([start], dtype=torch.long, device=device)
+    return start
+
+
+def sample_text(model, tokenizer, n_tokens, device, autocast_ctx, generator=None):
+    """One sample of n_tokens (temperature 0.8, top-k 200, as nanoGPT), decoded."""
+    x = torch.tensor([sample_start(tokenizer)], dtype=torch.long, device=device)
+    with torch.no_grad(), autocast_ctx:
+        y = model.generate(x, n_tokens, temperature=0.8, top_k=200, generator=generator)
+    return tokenizer.decode(y[0].tolist())
+
+
+def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
+    """A few samples from the trained model (see sample_start)."""
     model.eval()
     samples = []
     for _ in range(cfg["num_samples"]):
-        with autocast_ctx:
-            y = model.generate(x, cfg["sample_tokens"], temperature=0.8, top_k=200)
-        text = tokenizer.decode(y[0].tolist())
+        text = sample_text(model, tokenizer, cfg["sample_tokens"], device, autocast_ctx)
         samples.append(text)
         if echo:
             print(text)
@@ -553,8 +565,17 @@ def _train(cfg, run):
             # every process evaluates (FSDP needs them all for a forward); losses are averaged
             last_losses = estimate_loss(raw_model, datasets, cfg, run.device, autocast_ctx,
                                         run.distributed)
-            log({"iter": iter_num, "train_loss": last_losses["train"], "val_loss": last_losses["val"]},
-                f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}")
+            record = {"iter": iter_num, "train_loss": last_losses["train"],
+                      "val_loss": last_losses["val"]}
+            text = f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}"
+            if cfg["eval_sample_tokens"] and (run.master or run.parallel == "fsdp"):
+                # its own generator (the same on every FSDP process, which all run the model):
+                # the training RNG stream, and so resuming, is untouched by sampling
+                gen = torch.Generator(device=run.device).manual_seed(cfg["seed"] + iter_num)
+                record["sample"] = sample_text(raw_model, tokenizer, cfg["eval_sample_tokens"],
+                                               run.device, autocast_ctx, gen)
+                text += "\n  sample: " + record["sample"].replace("\n", "\n  | ")
+            log(record, text)
             if last_losses["val"] < best_val_loss or cfg["always_save_checkpoint"]:
                 best_val_loss = min(best_val_loss, last_losses["val"])
                 if iter_num > 0:
