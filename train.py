@@ -32,6 +32,7 @@ from gpt import data as gdata
 from gpt.events import data as events
 from gpt.cli import Opt, UsageError, check, defaults, parse, run_main
 from gpt.model import GPT, GPTConfig
+from gpt.pretrained import HF_NAMES
 
 # -----------------------------------------------------------------------------
 # Options and their defaults: a small character-level model that trains on a laptop CPU in a
@@ -86,8 +87,9 @@ OPTIONS = {
         eval_only=Opt(False, "evaluate once and exit"),
         always_save_checkpoint=Opt(False, "save at every evaluation, not only when val "
                                    "loss improves"),
-        init_from=Opt("scratch", "scratch, or resume from out_dir/ckpt.pt",
-                      choices=("scratch", "resume")),
+        init_from=Opt("scratch", "scratch, resume (out_dir/ckpt.pt), or fine-tune GPT-2: gpt2, "
+                      "gpt2-medium, gpt2-large, gpt2-xl (downloaded) or a local Hugging Face "
+                      "GPT-2 folder; GPT-2's tokenizer, block_size crops its context"),
         plot=Opt(True, "write loss.png at each evaluation and at the end (matplotlib: about "
                  "1 s of CPU a run)"),
         num_samples=Opt(2, "samples printed at the end", ge=0),
@@ -199,6 +201,11 @@ def check_config(cfg):
             raise UsageError("--fsdp=True computes in bfloat16 or float32; --dtype=float16 "
                              "needs the loss scaler of the DDP path (drop --fsdp or pick "
                              "--dtype=bfloat16)")
+    if is_pretrained(cfg["init_from"]):
+        check_pretrained(cfg)
+    elif cfg["init_from"] not in ("scratch", "resume"):
+        raise UsageError(f"--init_from={cfg['init_from']!r} is none of scratch, resume, "
+                         f"{', '.join(HF_NAMES)} nor a Hugging Face GPT-2 folder (config.json)")
     if cfg["init_from"] == "resume":
         found = gckpt.find(cfg["out_dir"], prefer=gckpt.SHARDED if cfg["fsdp"] else gckpt.PLAIN)
         if found is None:
@@ -211,13 +218,38 @@ def check_config(cfg):
                              f"--fsdp")
 
 
+def is_pretrained(init_from):
+    """True when --init_from names GPT-2 weights: a Hub name or a folder with config.json."""
+    return init_from in HF_NAMES or (Path(init_from) / "config.json").is_file()
+
+
+def check_pretrained(cfg):
+    """Fine-tuning GPT-2: its tokenizer, a causal model, a context no longer than its own."""
+    if cfg["tokenizer"] not in ("", "gpt2"):
+        raise UsageError(f"--init_from={cfg['init_from']} fine-tunes GPT-2, which reads GPT-2's "
+                         f"tokens: leave --tokenizer empty or gpt2, not {cfg['tokenizer']}")
+    if events.is_event_dataset(cfg["dataset"]):
+        raise UsageError(f"--init_from={cfg['init_from']} fine-tunes a text model; "
+                         f"--dataset={cfg['dataset']} is patient timelines")
+    if not cfg["causal"]:
+        raise UsageError("--causal=False: GPT-2's weights were trained with the causal mask")
+    if cfg["init_from"] not in HF_NAMES:
+        n_positions = json.loads((Path(cfg["init_from"]) / "config.json").read_text()).get(
+            "n_positions", 1024)
+    else:
+        n_positions = 1024
+    if cfg["block_size"] > n_positions:
+        raise UsageError(f"--block_size={cfg['block_size']} is longer than the context of "
+                         f"{cfg['init_from']} ({n_positions} positions)")
+
+
 def prepare_data(cfg):
     """Tokenize the dataset into data_dir/<name>-<tokenizer>/ once; return that folder."""
     name, source, default_tok = dataset_source(cfg)
     if default_tok == "events":
         return events.prepare(source, Path(cfg["data_dir"]) / f"{name}-events",
                               data_dir=cfg["data_dir"])
-    tok = cfg["tokenizer"] or default_tok
+    tok = cfg["tokenizer"] or ("gpt2" if is_pretrained(cfg["init_from"]) else default_tok)
     suffix = f"-{cfg['bpe_vocab_size']}" if tok == "bpe" else ""
     data_dir = Path(cfg["data_dir"]) / f"{name}-{tok}{suffix}"
     gdata.prepare(source, data_dir, tokenizer=tok,
@@ -412,7 +444,18 @@ def build_model(cfg, run, vocab_size, saved_args=None):
         for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
             model_args[k] = saved_args[k]
         model_args["causal"] = saved_args.get("causal", True)  # older checkpoints: causal
-    model = GPT(GPTConfig(**model_args)).to(run.device)
+    if saved_args is None and is_pretrained(cfg["init_from"]):
+        # fine-tuning: GPT-2's architecture and weights, its context cropped to block_size
+        model = GPT.from_pretrained(cfg["init_from"], ranks_path=cfg["gpt2_ranks"] or None,
+                                    kernels=cfg["kernels"], dropout=cfg["dropout"],
+                                    block_size=cfg["block_size"])
+        if model.config.vocab_size < vocab_size:
+            raise UsageError(f"--init_from={cfg['init_from']} has a vocabulary of "
+                             f"{model.config.vocab_size} tokens; GPT-2's tokenizer has {vocab_size}")
+        model_args = model.config.to_dict()
+        model = model.to(run.device)
+    else:
+        model = GPT(GPTConfig(**model_args)).to(run.device)
     model.activation_checkpointing = cfg["activation_checkpointing"]
     if run.parallel == "fsdp":
         from gpt.parallel import shard
