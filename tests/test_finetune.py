@@ -82,3 +82,21 @@ def test_init_from_nonsense_is_a_usage_error(corpus, tmp_path):  # noqa: F811
 def test_finetune_config_file_is_valid():
     cfg = parse_overrides([str(ROOT / "config" / "finetune_shakespeare.py")], train.OPTIONS)
     assert cfg["init_from"] == "gpt2-xl" and cfg["learning_rate"] == 3e-5 and not cfg["decay_lr"]
+
+
+def test_check_command_compares_logits_with_transformers(gpt2_dir, capsys):
+    from gpt import pretrained
+
+    diff = pretrained.main([f"--model={gpt2_dir}", f"--gpt2_ranks={RANKS}", "--kernels=torch",
+                            "--new_tokens=5"])
+    out = capsys.readouterr().out
+    assert diff < 1e-4 and "OK: same logits" in out
+
+
+def test_check_command_bad_model_is_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "gpt.pretrained", "--model=nowhere"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--model" in proc.stderr
