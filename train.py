@@ -47,6 +47,8 @@ OPTIONS = {
         bpe_vocab_size=Opt(1024, "vocabulary size when --tokenizer=bpe", ge=257),
         gpt2_ranks=Opt("", "GPT-2's ranks file (r50k_base.tiktoken) for --tokenizer=gpt2; "
                        "empty: tiktoken's (downloads once), else a copy cached with pip"),
+        special_tokens=Opt(False, "char/bpe: <PAD> <BOS> <EOS> <UNK>, each document stored as "
+                           "<BOS> text <EOS> (gpt2: text <|endoftext|>); samples stop at <EOS>"),
         data_dir=Opt("data", "prepared token files go to data_dir/<dataset>-<tokenizer>/"),
         batch_size=Opt(12, "sequences per micro-batch, per process", ge=1),
         block_size=Opt(64, "context length in tokens", ge=1),
@@ -251,10 +253,11 @@ def prepare_data(cfg):
                               data_dir=cfg["data_dir"])
     tok = cfg["tokenizer"] or ("gpt2" if is_pretrained(cfg["init_from"]) else default_tok)
     suffix = f"-{cfg['bpe_vocab_size']}" if tok == "bpe" else ""
+    suffix += "-special" if cfg["special_tokens"] else ""
     data_dir = Path(cfg["data_dir"]) / f"{name}-{tok}{suffix}"
     gdata.prepare(source, data_dir, tokenizer=tok,
                   vocab_size=cfg["bpe_vocab_size"] if tok == "bpe" else None,
-                  ranks_path=cfg["gpt2_ranks"] or None)
+                  ranks_path=cfg["gpt2_ranks"] or None, special_tokens=cfg["special_tokens"])
     return data_dir
 
 
@@ -357,11 +360,17 @@ def sample_start(tokenizer):
 
 
 def sample_text(model, tokenizer, n_tokens, device, autocast_ctx, generator=None):
-    """One sample of n_tokens (temperature 0.8, top-k 200, as nanoGPT), decoded."""
+    """One sample of up to n_tokens (temperature 0.8, top-k 200, as nanoGPT), decoded; it
+    ends at the tokenizer's end of document (<EOS>, <|endoftext|>) when one is drawn."""
     x = torch.tensor([sample_start(tokenizer)], dtype=torch.long, device=device)
+    eos = getattr(tokenizer, "eos_token", None)
     with torch.no_grad(), autocast_ctx:
-        y = model.generate(x, n_tokens, temperature=0.8, top_k=200, generator=generator)
-    return tokenizer.decode(y[0].tolist())
+        y = model.generate(x, n_tokens, temperature=0.8, top_k=200, generator=generator,
+                           eos_token_id=eos)
+    ids = y[0].tolist()
+    if eos is not None and eos in ids[1:]:
+        ids = ids[: ids.index(eos, 1) + 1]  # generate pads a finished row with eos
+    return tokenizer.decode(ids)
 
 
 def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
