@@ -56,7 +56,7 @@ def parse_settings(text):
                                  f"among {', '.join(DECODING)}")
             values[name] = _convert(name, value, DECODING[name].default)
             check_value(name, values[name], DECODING[name])
-        label = " ".join(f"`--{k}={v}`" for k, v in values.items())
+        label = "`" + " ".join(f"--{k}={v}" for k, v in values.items()) + "`"
         rows.append((label, values))
     if not rows:
         raise UsageError("--settings holds no setting; e.g. --settings='temperature=0.8; greedy=True'")

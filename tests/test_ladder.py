@@ -60,9 +60,10 @@ def test_untrained_losses(data):
 
 def test_ladder_each_rung_beats_the_one_before(data, one_thread):
     """The tiny preset, all rungs, 800 steps, seed 1337 (~1.5 minutes of one core). Val loss
-    differences (rung minus the one before) measured on Tiny Shakespeare with seeds 1, 2 and
-    1337: head -0.037/-0.048/-0.027, multihead -0.087/-0.073/-0.035, ffwd -0.004/+0.038/+0.014,
-    residual -0.097/-0.162/-0.179, layernorm -0.029/-0.013/-0.006, gpt -0.004/+0.092/-0.135.
+    differences (rung minus the one before) measured on Tiny Shakespeare with seeds 1, 2, 3 and
+    1337: head -0.037/-0.048/-0.045/-0.027, multihead -0.087/-0.073/-0.048/-0.035, ffwd
+    -0.004/+0.038/+0.009/+0.014, residual -0.097/-0.162/-0.204/-0.179, layernorm
+    -0.029/-0.013/+0.032/-0.006, gpt -0.004/+0.092/-0.026/-0.135.
     Where every seed showed a gain the rung must beat the one before; where the sign changed
     with the seed (the lecture's gains there are small too: 0.04 and 0.02) the margin is that
     noise."""
@@ -73,7 +74,7 @@ def test_ladder_each_rung_beats_the_one_before(data, one_thread):
                               log=lambda *a: None)
         vals[rung] = r["val"]
         assert r["val"] < r["init_val"] - 1.0, (rung, r)
-    margin = {"ffwd": 0.05, "layernorm": 0.03, "gpt": 0.10}
+    margin = {"ffwd": 0.05, "layernorm": 0.04, "gpt": 0.10}
     for before, after in zip(ladder.RUNGS, ladder.RUNGS[1:]):
         assert vals[after] < vals[before] + margin.get(after, 0.0), (before, after, vals)
     assert vals["gpt"] < vals["ffwd"] - 0.05 and vals["residual"] < vals["bigram"] - 0.15
