@@ -32,6 +32,7 @@ from gpt import data as gdata
 from gpt.events import data as events
 from gpt.cli import Opt, UsageError, check, defaults, parse, run_main
 from gpt.model import GPT, GPTConfig
+from gpt.pretrained import HF_NAMES
 
 # -----------------------------------------------------------------------------
 # Options and their defaults: a small character-level model that trains on a laptop CPU in a
@@ -46,6 +47,8 @@ OPTIONS = {
         bpe_vocab_size=Opt(1024, "vocabulary size when --tokenizer=bpe", ge=257),
         gpt2_ranks=Opt("", "GPT-2's ranks file (r50k_base.tiktoken) for --tokenizer=gpt2; "
                        "empty: tiktoken's (downloads once), else a copy cached with pip"),
+        special_tokens=Opt(False, "char/bpe: <PAD> <BOS> <EOS> <UNK>, each document stored as "
+                           "<BOS> text <EOS> (gpt2: text <|endoftext|>); samples stop at <EOS>"),
         data_dir=Opt("data", "prepared token files go to data_dir/<dataset>-<tokenizer>/"),
         batch_size=Opt(12, "sequences per micro-batch, per process", ge=1),
         block_size=Opt(64, "context length in tokens", ge=1),
@@ -61,6 +64,8 @@ OPTIONS = {
                  "default is no)"),
         kernels=Opt("auto", "auto: Triton on CUDA, PyTorch on CPU; or force one",
                     choices=("auto", "triton", "torch")),
+        causal=Opt(True, "causal attention mask; False lets each position see the future "
+                   "(a lesson: low loss, garbage samples; docs/curriculum.md)"),
     ),
     "optimizer": dict(
         learning_rate=Opt(1e-3, "peak AdamW learning rate", gt=0),
@@ -84,12 +89,15 @@ OPTIONS = {
         eval_only=Opt(False, "evaluate once and exit"),
         always_save_checkpoint=Opt(False, "save at every evaluation, not only when val "
                                    "loss improves"),
-        init_from=Opt("scratch", "scratch, or resume from out_dir/ckpt.pt",
-                      choices=("scratch", "resume")),
+        init_from=Opt("scratch", "scratch, resume (out_dir/ckpt.pt), or fine-tune GPT-2: gpt2, "
+                      "gpt2-medium, gpt2-large, gpt2-xl (downloaded) or a local Hugging Face "
+                      "GPT-2 folder; GPT-2's tokenizer, block_size crops its context"),
         plot=Opt(True, "write loss.png at each evaluation and at the end (matplotlib: about "
                  "1 s of CPU a run)"),
         num_samples=Opt(2, "samples printed at the end", ge=0),
         sample_tokens=Opt(300, "tokens per sample", ge=0),
+        eval_sample_tokens=Opt(64, "tokens of a short sample at every evaluation, into the log "
+                               "and metrics.jsonl; 0: none", ge=0),
     ),
     "system": dict(
         device=Opt("auto", "auto (cuda if available), cpu, cuda, cuda:N"),
@@ -195,6 +203,11 @@ def check_config(cfg):
             raise UsageError("--fsdp=True computes in bfloat16 or float32; --dtype=float16 "
                              "needs the loss scaler of the DDP path (drop --fsdp or pick "
                              "--dtype=bfloat16)")
+    if is_pretrained(cfg["init_from"]):
+        check_pretrained(cfg)
+    elif cfg["init_from"] not in ("scratch", "resume"):
+        raise UsageError(f"--init_from={cfg['init_from']!r} is none of scratch, resume, "
+                         f"{', '.join(HF_NAMES)} nor a Hugging Face GPT-2 folder (config.json)")
     if cfg["init_from"] == "resume":
         found = gckpt.find(cfg["out_dir"], prefer=gckpt.SHARDED if cfg["fsdp"] else gckpt.PLAIN)
         if found is None:
@@ -207,18 +220,44 @@ def check_config(cfg):
                              f"--fsdp")
 
 
+def is_pretrained(init_from):
+    """True when --init_from names GPT-2 weights: a Hub name or a folder with config.json."""
+    return init_from in HF_NAMES or (Path(init_from) / "config.json").is_file()
+
+
+def check_pretrained(cfg):
+    """Fine-tuning GPT-2: its tokenizer, a causal model, a context no longer than its own."""
+    if cfg["tokenizer"] not in ("", "gpt2"):
+        raise UsageError(f"--init_from={cfg['init_from']} fine-tunes GPT-2, which reads GPT-2's "
+                         f"tokens: leave --tokenizer empty or gpt2, not {cfg['tokenizer']}")
+    if events.is_event_dataset(cfg["dataset"]):
+        raise UsageError(f"--init_from={cfg['init_from']} fine-tunes a text model; "
+                         f"--dataset={cfg['dataset']} is patient timelines")
+    if not cfg["causal"]:
+        raise UsageError("--causal=False: GPT-2's weights were trained with the causal mask")
+    if cfg["init_from"] not in HF_NAMES:
+        n_positions = json.loads((Path(cfg["init_from"]) / "config.json").read_text()).get(
+            "n_positions", 1024)
+    else:
+        n_positions = 1024
+    if cfg["block_size"] > n_positions:
+        raise UsageError(f"--block_size={cfg['block_size']} is longer than the context of "
+                         f"{cfg['init_from']} ({n_positions} positions)")
+
+
 def prepare_data(cfg):
     """Tokenize the dataset into data_dir/<name>-<tokenizer>/ once; return that folder."""
     name, source, default_tok = dataset_source(cfg)
     if default_tok == "events":
         return events.prepare(source, Path(cfg["data_dir"]) / f"{name}-events",
                               data_dir=cfg["data_dir"])
-    tok = cfg["tokenizer"] or default_tok
+    tok = cfg["tokenizer"] or ("gpt2" if is_pretrained(cfg["init_from"]) else default_tok)
     suffix = f"-{cfg['bpe_vocab_size']}" if tok == "bpe" else ""
+    suffix += "-special" if cfg["special_tokens"] else ""
     data_dir = Path(cfg["data_dir"]) / f"{name}-{tok}{suffix}"
     gdata.prepare(source, data_dir, tokenizer=tok,
                   vocab_size=cfg["bpe_vocab_size"] if tok == "bpe" else None,
-                  ranks_path=cfg["gpt2_ranks"] or None)
+                  ranks_path=cfg["gpt2_ranks"] or None, special_tokens=cfg["special_tokens"])
     return data_dir
 
 
@@ -306,9 +345,9 @@ def plot_losses(metrics_path, png_path):
     os.replace(tmp, png_path)
 
 
-def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
-    """A few samples from the trained model, started from a newline (or end-of-text; a patient
-    timeline from its start token)."""
+def sample_start(tokenizer):
+    """The ids a sample starts from: a newline (or end-of-text; a patient timeline, or a
+    tokenizer with special tokens, from its start token)."""
     try:
         start = tokenizer.encode("\n")
     except ValueError:
@@ -317,13 +356,29 @@ def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
         start = [tokenizer.bos_token]
     if not start:
         start = [tokenizer.eot_token if tokenizer.eot_token is not None else 0]
-    x = torch.tensor([start], dtype=torch.long, device=device)
+    return start
+
+
+def sample_text(model, tokenizer, n_tokens, device, autocast_ctx, generator=None):
+    """One sample of up to n_tokens (temperature 0.8, top-k 200, as nanoGPT), decoded; it
+    ends at the tokenizer's end of document (<EOS>, <|endoftext|>) when one is drawn."""
+    x = torch.tensor([sample_start(tokenizer)], dtype=torch.long, device=device)
+    eos = getattr(tokenizer, "eos_token", None)
+    with torch.no_grad(), autocast_ctx:
+        y = model.generate(x, n_tokens, temperature=0.8, top_k=200, generator=generator,
+                           eos_token_id=eos)
+    ids = y[0].tolist()
+    if eos is not None and eos in ids[1:]:
+        ids = ids[: ids.index(eos, 1) + 1]  # generate pads a finished row with eos
+    return tokenizer.decode(ids)
+
+
+def print_samples(model, tokenizer, cfg, device, autocast_ctx, echo=True):
+    """A few samples from the trained model (see sample_start)."""
     model.eval()
     samples = []
     for _ in range(cfg["num_samples"]):
-        with autocast_ctx:
-            y = model.generate(x, cfg["sample_tokens"], temperature=0.8, top_k=200)
-        text = tokenizer.decode(y[0].tolist())
+        text = sample_text(model, tokenizer, cfg["sample_tokens"], device, autocast_ctx)
         samples.append(text)
         if echo:
             print(text)
@@ -393,11 +448,23 @@ def build_model(cfg, run, vocab_size, saved_args=None):
     dropout may change); its weights come later, with the optimizer's state."""
     model_args = dict(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                       block_size=cfg["block_size"], bias=cfg["bias"], dropout=cfg["dropout"],
-                      vocab_size=vocab_size, kernels=cfg["kernels"])
+                      vocab_size=vocab_size, kernels=cfg["kernels"], causal=cfg["causal"])
     if saved_args is not None:
         for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size"):
             model_args[k] = saved_args[k]
-    model = GPT(GPTConfig(**model_args)).to(run.device)
+        model_args["causal"] = saved_args.get("causal", True)  # older checkpoints: causal
+    if saved_args is None and is_pretrained(cfg["init_from"]):
+        # fine-tuning: GPT-2's architecture and weights, its context cropped to block_size
+        model = GPT.from_pretrained(cfg["init_from"], ranks_path=cfg["gpt2_ranks"] or None,
+                                    kernels=cfg["kernels"], dropout=cfg["dropout"],
+                                    block_size=cfg["block_size"])
+        if model.config.vocab_size < vocab_size:
+            raise UsageError(f"--init_from={cfg['init_from']} has a vocabulary of "
+                             f"{model.config.vocab_size} tokens; GPT-2's tokenizer has {vocab_size}")
+        model_args = model.config.to_dict()
+        model = model.to(run.device)
+    else:
+        model = GPT(GPTConfig(**model_args)).to(run.device)
     model.activation_checkpointing = cfg["activation_checkpointing"]
     if run.parallel == "fsdp":
         from gpt.parallel import shard
@@ -550,8 +617,17 @@ def _train(cfg, run):
             # every process evaluates (FSDP needs them all for a forward); losses are averaged
             last_losses = estimate_loss(raw_model, datasets, cfg, run.device, autocast_ctx,
                                         run.distributed)
-            log({"iter": iter_num, "train_loss": last_losses["train"], "val_loss": last_losses["val"]},
-                f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}")
+            record = {"iter": iter_num, "train_loss": last_losses["train"],
+                      "val_loss": last_losses["val"]}
+            text = f"step {iter_num}: train loss {last_losses['train']:.4f}, val loss {last_losses['val']:.4f}"
+            if cfg["eval_sample_tokens"] and (run.master or run.parallel == "fsdp"):
+                # its own generator (the same on every FSDP process, which all run the model):
+                # the training RNG stream, and so resuming, is untouched by sampling
+                gen = torch.Generator(device=run.device).manual_seed(cfg["seed"] + iter_num)
+                record["sample"] = sample_text(raw_model, tokenizer, cfg["eval_sample_tokens"],
+                                               run.device, autocast_ctx, gen)
+                text += "\n  sample: " + record["sample"].replace("\n", "\n  | ")
+            log(record, text)
             if last_losses["val"] < best_val_loss or cfg["always_save_checkpoint"]:
                 best_val_loss = min(best_val_loss, last_losses["val"])
                 if iter_num > 0:

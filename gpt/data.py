@@ -148,6 +148,51 @@ def _download_tinyshakespeare(cache_dir) -> Path:
     return path
 
 
+def load_documents(source: str = DEFAULT_SOURCE, cache_dir=None) -> list[str]:
+    """The documents of a corpus: one per *.txt file of a directory (sorted by path, as
+    load_text joins them), else the whole text as one."""
+    path = Path(str(source)).expanduser()
+    if str(source) not in SOURCES and path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"directory {path} contains no *.txt files")
+        return [p.read_text(encoding="utf-8") for p in files]
+    return [load_text(source, cache_dir=cache_dir)]
+
+
+def split_documents(docs: list[str], val_fraction: float):
+    """(train docs, val docs, cut): the first 1 - val_fraction of the characters as train, the
+    document that straddles the boundary cut in two (`cut` True when one was)."""
+    n_train = int(sum(len(d) for d in docs) * (1.0 - val_fraction))
+    train, val, seen = [], [], 0
+    cut = False
+    for d in docs:
+        if seen + len(d) <= n_train:
+            train.append(d)
+        elif seen >= n_train:
+            val.append(d)
+        else:
+            train.append(d[: n_train - seen])
+            val.append(d[n_train - seen :])
+            cut = True
+        seen += len(d)
+    return train, val, cut
+
+
+def encode_documents(tok, docs: list[str], open_first: bool, close_last: bool) -> list[int]:
+    """Token ids of the documents, each as <BOS> text <EOS> (GPT-2: text <|endoftext|>).
+    A document cut by the train/val split has no <EOS> at the cut (close_last False) and its
+    second half no <BOS> (open_first False)."""
+    ids: list[int] = []
+    for i, d in enumerate(docs):
+        if tok.bos_token is not None and (i > 0 or open_first):
+            ids.append(tok.bos_token)
+        ids.extend(tok.encode(d))
+        if i < len(docs) - 1 or close_last:
+            ids.append(tok.eos_token)
+    return ids
+
+
 def load_text(source: str = DEFAULT_SOURCE, cache_dir=None) -> str:
     """The raw text of a corpus: "shakespeare", "tinyshakespeare", a file or a directory."""
     source = str(source)
@@ -196,6 +241,7 @@ def prepare(
     ranks_path=None,
     force: bool = False,
     cache_dir=None,
+    special_tokens: bool = False,
 ) -> Path:
     """Tokenize a corpus into `data_dir` (train.bin, val.bin, tokenizer.json, meta.json).
 
@@ -204,6 +250,11 @@ def prepare(
     no unknown characters); BPE is trained on the train split only. If `meta.json` already
     records the same source, tokenizer, vocab_size and val_fraction, nothing is redone
     unless `force`. Returns the data dir.
+
+    special_tokens: the char/bpe tokenizer gets <PAD>, <BOS>, <EOS>, <UNK>, and each document
+    (each *.txt file of a folder; a single file is one document) is stored as
+    <BOS> text <EOS>; GPT-2's tokenizer stores text <|endoftext|>. Generation then stops at
+    <EOS> (train.py's samples, gpt.sample --stop_at_eot).
     """
     if tokenizer not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
@@ -219,6 +270,7 @@ def prepare(
         "tokenizer": tokenizer,
         "requested_vocab_size": vocab_size,
         "val_fraction": float(val_fraction),
+        "special_tokens": bool(special_tokens),
     }
     if not force:
         try:
@@ -227,15 +279,23 @@ def prepare(
             meta = None
         if (
             meta is not None
-            and all(meta.get(k) == v for k, v in wanted.items())
+            # data dirs prepared before special tokens existed had none
+            and all(meta.get(k, False if k == "special_tokens" else None) == v
+                    for k, v in wanted.items())
             and all((data_dir / f"{s}.bin").is_file() for s in SPLITS)
             and (data_dir / TOKENIZER_FILE).is_file()
         ):
             return data_dir
 
-    text = load_text(source, cache_dir=cache_dir)
-    n_train = int(len(text) * (1.0 - val_fraction))
-    splits = {"train": text[:n_train], "val": text[n_train:]}
+    if special_tokens:
+        docs = load_documents(source, cache_dir=cache_dir)
+        text = "".join(docs)
+        train_docs, val_docs, cut = split_documents(docs, val_fraction)
+        splits = {"train": "".join(train_docs), "val": "".join(val_docs)}
+    else:
+        text = load_text(source, cache_dir=cache_dir)
+        n_train = int(len(text) * (1.0 - val_fraction))
+        splits = {"train": text[:n_train], "val": text[n_train:]}
     if not splits["train"] or not splits["val"]:
         raise ValueError(
             f"text of {len(text)} characters is too short to split with val_fraction={val_fraction}"
@@ -245,6 +305,7 @@ def prepare(
         text=text if tokenizer == "char" else splits["train"],
         vocab_size=vocab_size,
         ranks_path=ranks_path,
+        special_tokens=special_tokens,
     )
     if tok.vocab_size > 65535:
         raise ValueError(f"vocab_size {tok.vocab_size} does not fit the uint16 token files (max 65535)")
@@ -252,7 +313,12 @@ def prepare(
     data_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, part in splits.items():
-        ids = np.array(tok.encode(part), dtype=np.uint16)
+        if special_tokens:
+            ids = (encode_documents(tok, train_docs, True, not cut) if split == "train"
+                   else encode_documents(tok, val_docs, not cut, True))
+        else:
+            ids = tok.encode(part)
+        ids = np.array(ids, dtype=np.uint16)
         counts[split] = int(ids.size)
         _write_atomic(data_dir / f"{split}.bin", ids.tobytes())
     tok.save(data_dir / TOKENIZER_FILE)
@@ -366,6 +432,9 @@ OPTIONS = {
         data_dir=Opt("", "output folder; empty: data/<dataset>_<tokenizer>"),
         val_fraction=Opt(0.1, "the last fraction of the text that becomes val", gt=0, lt=1),
         force=Opt(False, "redo the work even if meta.json matches"),
+        special_tokens=Opt(False, "char/bpe: add <PAD> <BOS> <EOS> <UNK>; every document "
+                           "(each .txt of a folder) stored as <BOS> text <EOS> (gpt2: text "
+                           "<|endoftext|>)"),
     ),
 }
 
@@ -388,6 +457,10 @@ def main(argv=None):
     if vocab_size is not None and vocab_size < 257:
         raise UsageError(f"--vocab_size must be >= 257 (the 256 bytes and <|endoftext|>), "
                          f"got {vocab_size}")
+    n_special = 4 if cfg["special_tokens"] else 1
+    if vocab_size is not None and vocab_size <= 256 + n_special:
+        raise UsageError(f"--vocab_size must be > {256 + n_special} (the 256 bytes and "
+                         f"{n_special} special token(s)), got {vocab_size}")
     if cfg["gpt2_ranks"] and not Path(cfg["gpt2_ranks"]).is_file():
         raise UsageError(f"--gpt2_ranks={cfg['gpt2_ranks']}: no such file")
     data_dir = cfg["data_dir"] or f"data/{Path(cfg['dataset']).stem}_{cfg['tokenizer']}"
@@ -400,6 +473,7 @@ def main(argv=None):
         ranks_path=cfg["gpt2_ranks"] or None,
         force=cfg["force"],
         cache_dir=cfg["cache_dir"] or None,
+        special_tokens=cfg["special_tokens"],
     )
     meta = load_meta(out)
     print(

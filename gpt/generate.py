@@ -110,6 +110,9 @@ class _Stepper:
     """Next-token logits for a growing batch of sequences, with or without the KV cache."""
 
     def __init__(self, model, use_cache):
+        # A bidirectional model (causal=False) changes every earlier position's keys when a
+        # token is appended, so cached keys would be stale: it always re-runs the context.
+        use_cache = use_cache and getattr(model.config, "causal", True)
         self.model, self.use_cache = model, use_cache
         self.block_size = model.config.block_size
         self.cache = KVCache(model.config.n_layer, self.block_size) if use_cache else None

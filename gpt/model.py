@@ -36,6 +36,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
     kernels: str = "auto"  # "auto" | "triton" | "torch"
+    # False: every position attends to every other, the future included (a teaching
+    # contrast: the next token leaks into the input, so the loss falls and samples are garbage)
+    causal: bool = True
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -48,6 +51,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"GPTConfig.causal must be a bool, got {self.causal!r}")
         if self.kernels not in gpt_kernels.BACKENDS:
             raise ValueError(
                 f"GPTConfig.kernels must be one of {gpt_kernels.BACKENDS}, got {self.kernels!r}"
@@ -101,6 +106,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.backend = config.kernels
+        self.causal = config.causal
 
     def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.shape
@@ -114,7 +120,7 @@ class CausalSelfAttention(nn.Module):
             # mask is bottom-right aligned, so the T new queries are the last T positions
             k, v = kv_cache.update(layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        y = gpt_kernels.flash_attention(q, k, v, causal=True, dropout_p=dropout_p,
+        y = gpt_kernels.flash_attention(q, k, v, causal=self.causal, dropout_p=dropout_p,
                                     backend=self.backend)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))

@@ -9,6 +9,14 @@ Every tokenizer has the same small interface:
 
 `get_tokenizer("char" | "bpe" | "gpt2", ...)` builds one by name.
 
+Special tokens: with `special_tokens=True` the char and BPE tokenizers add `<PAD>`, `<BOS>`,
+`<EOS>`, `<UNK>` after their ordinary ids (so character and merge ids do not move), as
+`tok.pad_token`, `tok.bos_token`, `tok.eos_token`, `tok.unk_token` (the event tokenizer's
+names); `eot_token` is then `<EOS>`. They are never read from text (a "<EOS>" typed in a text
+is five characters); a prepared corpus puts them around documents (`gpt.data.prepare`). With
+them the char tokenizer encodes a character it has not seen as `<UNK>` instead of failing.
+GPT-2's tokenizer keeps its one special token, `<|endoftext|>` (50256), as `eos_token`.
+
 The BPE tokenizers encode through `tiktoken`: the trained merges become a
 `tiktoken.Encoding` (ranks = merge order), so encoding a megabyte takes a fraction of a
 second. GPT-2's regex pre-split pattern is read from `tiktoken_ext.openai_public`.
@@ -35,6 +43,7 @@ import tiktoken.load  # not imported by `import tiktoken`
 
 from gpt.cli import UsageError
 
+SPECIAL_TOKENS = ("<PAD>", "<BOS>", "<EOS>", "<UNK>")
 GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 GPT2_VOCAB_SIZE = 50257
@@ -73,29 +82,47 @@ def _write_json(path, obj) -> None:
 # characters
 
 
+def _special_ids(names, first_id):
+    """{name: id} of the special tokens numbered from first_id, and the four roles' ids."""
+    ids = {name: first_id + i for i, name in enumerate(names)}
+    roles = {role: ids.get(name) for role, name in
+             zip(("pad_token", "bos_token", "eos_token", "unk_token"), SPECIAL_TOKENS)}
+    return ids, roles
+
+
 class CharTokenizer:
-    """One id per character: the sorted unique characters of the training text."""
+    """One id per character: the sorted unique characters of the training text, then (with
+    special_tokens=True) <PAD>, <BOS>, <EOS>, <UNK>."""
 
     name = "char"
-    eot_token = None
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, special_tokens: bool = False):
         chars = "".join(sorted(set(chars)))
         if not chars:
             raise ValueError("CharTokenizer needs at least one character")
         self.chars = chars
         self.stoi = {c: i for i, c in enumerate(chars)}
+        self.has_special_tokens = bool(special_tokens)
+        names = SPECIAL_TOKENS if special_tokens else ()
+        self.special_tokens, roles = _special_ids(names, len(chars))
+        for role, i in roles.items():
+            setattr(self, role, i)
+        self.eot_token = self.eos_token
+        self.itos = list(chars) + list(names)  # id -> its text (a special token's name)
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(text)
+    def from_text(cls, text: str, special_tokens: bool = False) -> CharTokenizer:
+        return cls(text, special_tokens)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
         stoi = self.stoi
+        if self.unk_token is not None:
+            unk = self.unk_token
+            return [stoi.get(c, unk) for c in text]
         try:
             return [stoi[c] for c in text]
         except KeyError:
@@ -111,18 +138,18 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         ids = _as_id_list(ids)
-        chars = self.chars
-        bad = [i for i in ids if not 0 <= i < len(chars)]
+        itos = self.itos
+        bad = [i for i in ids if not 0 <= i < len(itos)]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
-        return "".join([chars[i] for i in ids])
+        return "".join([itos[i] for i in ids])
 
     def to_dict(self) -> dict:
-        return {"type": "char", "chars": self.chars}
+        return {"type": "char", "chars": self.chars, "special_tokens": self.has_special_tokens}
 
     @classmethod
     def from_dict(cls, d: dict) -> CharTokenizer:
-        return cls(d["chars"])
+        return cls(d["chars"], d.get("special_tokens", False))
 
     def save(self, path) -> None:
         _write_json(path, self.to_dict())
@@ -282,7 +309,14 @@ class BPETokenizer(_TiktokenTokenizer):
             special_tokens=self.special_tokens,
             explicit_n_vocab=len(vocab) + len(self.special_tokens),
         )
-        self.eot_token = self.special_tokens.get(GPT2_EOT)
+        _, roles = _special_ids(tuple(self.special_tokens), len(vocab))
+        for role, i in roles.items():
+            setattr(self, role, i)
+        # <EOS> when the tokenizer has it, else GPT-2's <|endoftext|> (the default)
+        self.eot_token = self.eos_token if self.eos_token is not None else \
+            self.special_tokens.get(GPT2_EOT)
+        if self.eos_token is None:
+            self.eos_token = self.eot_token
 
     @classmethod
     def train(
@@ -443,7 +477,8 @@ class GPT2Tokenizer(_TiktokenTokenizer):
                         f"download them ({type(tiktoken_err).__name__}) and {err}; pass "
                         f"--gpt2_ranks=/path/to/r50k_base.tiktoken (from Python: "
                         f"ranks_path=...)") from None
-        self.eot_token = GPT2_EOT_ID
+        self.eot_token = self.eos_token = GPT2_EOT_ID
+        self.pad_token = self.bos_token = self.unk_token = None  # byte-level: nothing unknown
 
     def to_dict(self) -> dict:
         return {"type": "gpt2", "ranks_path": self.ranks_path}
@@ -477,20 +512,24 @@ def load_tokenizer(path):
     return _TYPES[kind].from_dict(d)
 
 
-def get_tokenizer(kind: str, text: str | None = None, vocab_size: int | None = None, ranks_path=None):
+def get_tokenizer(kind: str, text: str | None = None, vocab_size: int | None = None, ranks_path=None,
+                  special_tokens: bool = False):
     """Build a tokenizer by name.
 
     "char": the characters of `text`; "bpe": a BPE trained on `text` with `vocab_size`
     (default 1024); "gpt2": GPT-2's BPE (`ranks_path` for an offline ranks file).
+    special_tokens: char and bpe get <PAD>, <BOS>, <EOS>, <UNK> (bpe: instead of
+    <|endoftext|>); GPT-2's keeps <|endoftext|> as its end of document.
     """
     if kind == "char":
         if not text:
             raise ValueError("the char tokenizer needs a non-empty text to build its vocabulary")
-        return CharTokenizer.from_text(text)
+        return CharTokenizer.from_text(text, special_tokens)
     if kind == "bpe":
         if not text:
             raise ValueError("the bpe tokenizer needs a non-empty text to train on")
-        return BPETokenizer.train(text, DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
+        return BPETokenizer.train(text, DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size,
+                                  special_tokens=SPECIAL_TOKENS if special_tokens else (GPT2_EOT,))
     if kind == "gpt2":
         return GPT2Tokenizer(ranks_path)
     raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")

@@ -300,3 +300,73 @@ def test_get_batch_block_size_too_large(char_dir):
 def test_get_batch_cuda(char_dir):
     x, y = TokenDataset(char_dir, "train").get_batch(4, 8, device="cuda")
     assert x.is_cuda and y.is_cuda and x.dtype == torch.int64
+
+
+# ---------------------------------------------------------------- documents and special tokens
+
+DOCS = ["First doc: to be.\n", "Second, longer document; or not to be?\n" * 3, "Third.\n"]
+
+
+@pytest.fixture
+def doc_folder(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, d in enumerate(DOCS):
+        (folder / f"{i}.txt").write_text(d, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+@pytest.mark.parametrize("val_fraction", [0.1, 0.5])
+def test_documents_are_wrapped_in_bos_and_eos(doc_folder, tmp_path, tokenizer, val_fraction):
+    out = prepare(str(doc_folder), tmp_path / "d", tokenizer=tokenizer, special_tokens=True,
+                  val_fraction=val_fraction, vocab_size=280 if tokenizer == "bpe" else None)
+    tok = load_data_tokenizer(out)
+    train, val = read_bin(out / "train.bin"), read_bin(out / "val.bin")
+    ids = np.concatenate([train, val]).tolist()
+    # every document once, in file order: <BOS> text <EOS>; the one the split cuts has no
+    # <EOS> at the end of train and no <BOS> at the start of val
+    assert tok.decode(ids) == "".join(f"<BOS>{d}<EOS>" for d in DOCS)
+    assert ids.count(tok.bos_token) == ids.count(tok.eos_token) == len(DOCS)
+    assert train[0] == tok.bos_token and val[-1] == tok.eos_token
+    assert load_meta(out)["special_tokens"] is True
+
+
+def test_without_special_tokens_nothing_changes(doc_folder, tmp_path):
+    out = prepare(str(doc_folder), tmp_path / "plain", tokenizer="char")
+    tok = load_data_tokenizer(out)
+    ids = np.concatenate([read_bin(out / "train.bin"), read_bin(out / "val.bin")]).tolist()
+    assert tok.decode(ids) == "\n\n".join(DOCS) and tok.eos_token is None
+
+
+def test_special_tokens_cli_and_bad_vocab(doc_folder, tmp_path, capsys):
+    data.main([f"--dataset={doc_folder}", f"--data_dir={tmp_path / 'cli'}", "--tokenizer=char",
+               "--special_tokens=True"])
+    assert "vocab_size" in capsys.readouterr().out
+    assert load_data_tokenizer(tmp_path / "cli").unk_token is not None
+    with pytest.raises(UsageError, match="--vocab_size must be > 260"):
+        data.main([f"--dataset={doc_folder}", "--tokenizer=bpe", "--vocab_size=260",
+                   "--special_tokens=True", f"--data_dir={tmp_path / 'x'}"])
+
+
+def test_train_samples_stop_at_eos():
+    import train
+
+    class Fake:  # a model whose continuation is: a, b, <EOS>, padding
+        def generate(self, x, n, **kw):
+            assert kw["eos_token_id"] == tok.eos_token
+            return torch.tensor([[tok.bos_token, 0, 1, tok.eos_token, tok.eos_token]])
+
+    tok = CharTokenizer.from_text("ab", special_tokens=True)
+    from contextlib import nullcontext
+
+    assert train.sample_text(Fake(), tok, 10, "cpu", nullcontext()) == "<BOS>ab<EOS>"
+
+
+def test_train_prepares_documents_with_special_tokens(doc_folder, tmp_path):
+    import train
+
+    cfg = {**train.DEFAULTS, "dataset": str(doc_folder), "data_dir": str(tmp_path / "data"),
+           "special_tokens": True}
+    out = train.prepare_data(cfg)
+    assert out.name == "docs-char-special" and load_meta(out)["special_tokens"] is True

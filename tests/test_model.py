@@ -233,3 +233,40 @@ def test_bad_inputs():
         model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="preset"):
         GPTConfig.from_preset("gpt3")
+
+
+def test_bidirectional_model_sees_the_future_and_matches_unmasked_attention():
+    torch.manual_seed(5)
+    model = GPT(small_config(causal=False)).eval()
+    idx = torch.randint(0, 67, (2, 16))
+    logits, _ = model(idx)
+    changed = idx.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 67
+    # without the mask the last token reaches every position
+    assert not torch.allclose(model(changed)[0][:, 0], logits[:, 0])
+    # an independent float64 forward of the same weights with plain, unmasked softmax attention
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:16]
+    for i in range(2):
+        p = f"transformer.h.{i}."
+        h = F.layer_norm(x, (32,), sd[p + "ln_1.weight"], sd[p + "ln_1.bias"])
+        q, k, v = F.linear(h, sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]).split(32, -1)
+        q, k, v = (t.view(2, 16, 2, 16).transpose(1, 2) for t in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+        x = x + F.linear(att.transpose(1, 2).reshape(2, 16, 32), sd[p + "attn.c_proj.weight"],
+                         sd[p + "attn.c_proj.bias"])
+        h = F.layer_norm(x, (32,), sd[p + "ln_2.weight"], sd[p + "ln_2.bias"])
+        h = F.gelu(F.linear(h, sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"]), approximate="tanh")
+        x = x + F.linear(h, sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"])
+    x = F.layer_norm(x, (32,), sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
+    torch.testing.assert_close(logits.double(), x @ sd["lm_head.weight"].T, rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_model_generates_without_a_stale_kv_cache():
+    torch.manual_seed(6)
+    model = GPT(small_config(causal=False)).eval()
+    idx = torch.randint(0, 67, (2, 3))
+    cached = model.generate(idx, 8, greedy=True, use_cache=True)
+    assert torch.equal(cached, model.generate(idx, 8, greedy=True, use_cache=False))
+    with pytest.raises(ValueError, match="causal"):
+        small_config(causal="no")

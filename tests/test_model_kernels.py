@@ -71,3 +71,18 @@ def test_auto_falls_back_to_the_reference_for_head_dims_without_a_kernel():
     forced = GPT(GPTConfig(block_size=32, vocab_size=67, n_layer=2, n_head=2, n_embd=48, kernels="triton"))
     with pytest.raises(ValueError, match="head"):
         forced(idx)
+
+
+@needs_all
+def test_triton_model_matches_torch_without_the_causal_mask():
+    ref, tri = pair(causal=False)
+    idx, targets = torch.randint(0, 67, (2, 11)), torch.randint(0, 67, (2, 11))
+    losses = []
+    for model in (ref, tri):
+        _, loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss)
+    assert_close(losses[1], losses[0], 1e-5, "loss")
+    grads = dict(ref.named_parameters())
+    for name, p in tri.named_parameters():
+        assert_close(p.grad, grads[name].grad, 1e-4, f"grad {name}")

@@ -14,6 +14,7 @@ import torch
 from gpt import tokenizer as tok_module
 from gpt.cli import UsageError
 from gpt.tokenizer import (
+    GPT2_EOT,
     BPETokenizer,
     CharTokenizer,
     GPT2Tokenizer,
@@ -410,3 +411,54 @@ def test_get_tokenizer_errors():
         get_tokenizer("char")
     with pytest.raises(ValueError):
         get_tokenizer("bpe", text="")
+
+
+# ---------------------------------------------------------------- <PAD> <BOS> <EOS> <UNK>
+
+def test_char_special_tokens_follow_the_characters():
+    plain = CharTokenizer.from_text("hello world")
+    tok = CharTokenizer.from_text("hello world", special_tokens=True)
+    n = plain.vocab_size
+    assert tok.vocab_size == n + 4
+    assert (tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token) == (n, n + 1, n + 2, n + 3)
+    assert tok.eot_token == tok.eos_token and plain.eos_token is None and plain.eot_token is None
+    assert tok.encode("hello") == plain.encode("hello")  # character ids do not move
+    assert tok.decode(tok.encode("low world")) == "low world"
+    # a character it never saw is <UNK> (without special tokens: an error)
+    assert tok.encode("hex") == plain.encode("he") + [tok.unk_token]
+    with pytest.raises(ValueError, match="'x'"):
+        plain.encode("hex")
+    # special tokens are never read from text; decoded they show their names
+    assert tok.encode("<EOS>") == [tok.unk_token] * 5
+    typed = CharTokenizer.from_text("<EOS> x", special_tokens=True)
+    assert typed.encode("<EOS>") == [typed.stoi[c] for c in "<EOS>"]
+    assert tok.decode([tok.bos_token, *tok.encode("hello"), tok.eos_token]) == "<BOS>hello<EOS>"
+
+
+def test_char_special_tokens_survive_save_and_load(tmp_path):
+    tok = CharTokenizer.from_text("abc", special_tokens=True)
+    tok.save(tmp_path / "t.json")
+    back = load_tokenizer(tmp_path / "t.json")
+    assert back.vocab_size == 7 and back.eos_token == 5 and back.encode("abz") == [0, 1, 6]
+
+
+def test_bpe_with_special_tokens(small_text):
+    tok = get_tokenizer("bpe", text=small_text, vocab_size=300, special_tokens=True)
+    assert tok.vocab_size == 300
+    assert (tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token) == (296, 297, 298, 299)
+    assert tok.eot_token == 298 and GPT2_EOT not in tok.special_tokens
+    s = small_text[:500] + " <EOS> <|endoftext|>"
+    ids = tok.encode(s)
+    assert tok.decode(ids) == s and max(ids) < 296  # typed names stay text
+    assert tok.decode([tok.bos_token] + tok.encode("to be") + [tok.eos_token]) == "<BOS>to be<EOS>"
+    back = BPETokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert back.eos_token == 298 and back.encode(s) == ids
+    # the default BPE keeps GPT-2's <|endoftext|> as its end of document
+    plain = get_tokenizer("bpe", text=small_text, vocab_size=300)
+    assert plain.eos_token == plain.eot_token == 299 and plain.bos_token is None
+
+
+@needs_ranks
+def test_gpt2_endoftext_is_its_eos():
+    tok = GPT2Tokenizer(RANKS)
+    assert tok.eos_token == tok.eot_token == 50256 and tok.bos_token is None

@@ -134,6 +134,8 @@ def test_short_training_run_loss_falls(corpus, tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_loss" in r]
     assert [r["iter"] for r in evals] == [0, 30, 60]
+    # a short sample at every evaluation (eval_sample_tokens), different as training goes on
+    assert all(len(r["sample"]) > 20 for r in evals) and evals[0]["sample"] != evals[-1]["sample"]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
     assert evals[-1]["train_loss"] < evals[0]["train_loss"] - 0.5
     steps = [r for r in records if "loss" in r]
@@ -148,6 +150,7 @@ def test_short_training_run_loss_falls(corpus, tmp_path, capsys):
     assert summary["samples"] and len(summary["samples"][0]) > 10
     printed = capsys.readouterr().out
     assert "val loss" in printed and "tok/s" in printed and summary["samples"][0] in printed
+    assert "  sample: " in printed
 
 
 def test_resume_continues_bit_exactly(corpus, tmp_path):
