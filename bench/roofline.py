@@ -29,7 +29,7 @@ instructions/s) it derives:
 and per path the step's sum, tokens/s and the ratios between paths. These are estimates
 (+-30-50% absolute: no kernel reaches the ceilings, and overlap between kernels is ignored);
 the ratios are firmer, since every path is counted the same way. A GPU results JSON
-(``bench.train``'s "train" section) puts measured step times beside the predictions.
+(``bench.train``'s "train" section, its "paths" records) puts measured step times beside the predictions.
 
 Each op's counts are one small function ``op_<name>(s, path) -> Op`` (below): a kernel change
 updates that function, and the tests check its FLOPs against
@@ -465,7 +465,8 @@ def measured_step_ms(results_path, s):
     with open(results_path) as f:
         data = json.load(f)
     out = {}
-    for rec in data.get("train", []) if isinstance(data.get("train"), list) else []:
+    train = data.get("train") or {}
+    for rec in train.get("paths", []) if isinstance(train, dict) else []:
         if rec.get("skipped") or rec.get("batch_size") != s.B or rec.get("block_size") != s.T:
             continue
         name = str(rec.get("path", ""))

@@ -119,10 +119,10 @@ def test_step_sums_and_ratios():
 
 def test_command_line_report_and_results(tmp_path, capsys):
     results = tmp_path / "gpu.json"
-    results.write_text(json.dumps({"train": [
+    results.write_text(json.dumps({"train": {"paths": [
         {"path": "triton", "batch_size": 2, "block_size": 64, "step_ms": 12.5},
         {"path": "torch", "batch_size": 2, "block_size": 64, "step_ms": 20.0},
-        {"path": "torch", "batch_size": 4, "block_size": 64, "step_ms": 99.0}]}))
+        {"path": "torch", "batch_size": 4, "block_size": 64, "step_ms": 99.0}]}}))
     out = tmp_path / "summary.json"
     rl.main(["--preset=tiny", "--batch_size=2", "--block_size=64", "--device=A100",
              f"--results={results}", f"--out={out}"])
