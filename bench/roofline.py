@@ -93,6 +93,7 @@ class Shape:
     V: int = 50304
     e: int = 2
     bias: bool = True
+    flce: str = "now"  # "before": the fused loss as it was before issue 20 (128-row chunks)
 
     @property
     def N(self):
@@ -385,7 +386,9 @@ def op_loss(s, path):
     N, C, V, e = s.N, s.C, s.V, s.e
     flops = linear_flops(N, C, V)
     minimum = (N * C + V * C) * 4 + N * C * 4 + V * C * 4  # x, W in; dx, dW out
-    if path == "triton":
+    if path == "triton" and s.flce == "before":
+        c = flce_counts(s, 128, fp32_out=False, saved_gx_half=False)
+    elif path == "triton":
         c = flce_counts(s, flce_rows(s))
     else:
         c = _Count()
@@ -487,7 +490,8 @@ def report(s, devices, results=None):
     """The markdown report: per device, per path the ops table, then the paths side by side."""
     lines = [f"Step: B={s.B}, T={s.T}, C={s.C}, H={s.H}, L={s.L}, V={s.V}, "
              f"{s.e}-byte matmul operands, "
-             f"{s.params / 1e6:.1f}M parameters; FLCE chunks of {flce_rows(s)} rows", ""]
+             f"{s.params / 1e6:.1f}M parameters; fused loss chunks of "
+             f"{128 if s.flce == 'before' else flce_rows(s)} rows", ""]
     measured = measured_step_ms(results, s) if results else {}
     summary = {}
     for d in devices:
@@ -527,7 +531,8 @@ OPTIONS = {
         vocab_size=Opt(50304, "vocabulary (GPT-2's 50257 padded to 50304, as trained)", ge=1),
         batch_size=Opt(8, "micro-batch size B", ge=1),
         block_size=Opt(1024, "sequence length T", ge=1),
-        dtype=Opt("bfloat16", "matmul dtype (autocast)", choices=("bfloat16", "float16")),
+        flce=Opt("now", "the fused loss as it is now, or as it was before issue 20 "
+                 "(128-row chunks, a (V, C) temporary per chunk)", choices=("now", "before")),
     ),
     "device": dict(
         device=Opt("H100,H200", "comma-separated: H100, H200, A100"),
@@ -550,7 +555,7 @@ def main(argv=None):
         raise UsageError(f"--preset={cfg['preset']}: unknown; choose from {sorted(PRESETS)}")
     p = PRESETS[cfg["preset"]]
     s = Shape(B=cfg["batch_size"], T=cfg["block_size"], C=p["n_embd"], H=p["n_head"],
-              L=p["n_layer"], V=cfg["vocab_size"])
+              L=p["n_layer"], V=cfg["vocab_size"], flce=cfg["flce"])
     names = [n.strip() for n in cfg["device"].split(",") if n.strip()]
     bad = [n for n in names if n not in DEVICES]
     if bad or not names:

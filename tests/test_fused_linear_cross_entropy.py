@@ -351,3 +351,39 @@ def test_gpu_rerun_is_bit_identical():
     assert torch.equal(l1, l2)
     for a, c in zip(g1, g2):
         assert torch.equal(a, c)
+
+
+# --------------------------------------------------------------------------- float32-output matmul
+
+def test_fp32_output_matmul_probe():
+    # CPU torch has no half x half -> float32 addmm; the memory meter's fake tensors model CUDA
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    assert flce_mod._fp32_out_matmul(torch.ones(2, 2, dtype=torch.bfloat16)) is False
+    with FakeTensorMode():
+        fake = torch.ones(2, 2, dtype=torch.bfloat16)
+    assert flce_mod._fp32_out_matmul(fake) is hasattr(torch.ops.aten.addmm, "dtype_out")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grad_weight_through_the_fp32_output_path(dtype, monkeypatch):
+    # The CUDA path (cuBLAS writing the float32 accumulator) emulated on the CPU with the
+    # semantics torch documents for addmm(out_dtype=float32): beta * input + mat1 @ mat2,
+    # products summed in float32. First chunk beta=0 (no zero-fill needed), then beta=1.
+    calls = []
+    real_addmm = torch.addmm
+
+    def addmm(inp, m1, m2, *, beta=1, alpha=1, out=None, out_dtype=None):
+        if out_dtype is None:
+            return real_addmm(inp, m1, m2, beta=beta, alpha=alpha, out=out)
+        assert out_dtype == torch.float32 and out is inp and out.dtype == torch.float32
+        calls.append(beta)
+        prod = m1.float() @ m2.float()
+        return out.copy_(prod if beta == 0 else inp + prod)
+
+    monkeypatch.setattr(flce_mod, "_fp32_out_matmul", lambda t: True)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 16)  # 3 chunks, ragged
+    x, w, _, target = make_inputs(37, 64, 300, dtype, bias=False)
+    check_against_reference(x, w, None, target, "mean")
+    assert calls == [0, 1, 1]
