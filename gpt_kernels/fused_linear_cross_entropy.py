@@ -118,6 +118,9 @@ def _fp32_out_matmul(t):
     from torch._subclasses.fake_tensor import is_fake
 
     if t.is_meta or is_fake(t):
+        if t.device.type == "cuda" and not torch.cuda.is_available():
+            return False  # fake CUDA tensors in a CPU-only torch (the compile report) cannot
+            # run its decomposition; only the kernel launches are looked at there
         return _FP32_OUT.get("cuda", hasattr(torch.ops.aten.addmm, "dtype_out"))
     kind = t.device.type
     if kind not in _FP32_OUT:
@@ -137,7 +140,8 @@ def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
     float32 operands: ``addmm_`` (the first chunk ``mm`` into it: no zero-fill). Half
     operands: cuBLAS writes the float32 accumulator directly (``out_dtype``), so no (V, C)
     temporary exists and each chunk reads + writes grad_weight once (310 MB at GPT-2's size).
-    Where that is not available (CPU torch) the half product is a temporary added in float32.
+    Where that is not available (CPU torch) the half product is a temporary added into the
+    zero-filled float32 accumulator, as before issue 20.
     """
     dlogits_t = dlogits.t()
     if x_chunk.dtype == torch.float32:
@@ -148,10 +152,10 @@ def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
     elif _fp32_out_matmul(x_chunk):
         torch.addmm(grad_weight, dlogits_t, x_chunk, beta=0 if first else 1,
                     out_dtype=torch.float32, out=grad_weight)
-    elif first:
-        grad_weight.copy_(torch.mm(dlogits_t, x_chunk))
-    else:
-        grad_weight += torch.mm(dlogits_t, x_chunk)  # half product, float32 sum
+    else:  # CPU torch: the half product is a temporary, summed in float32
+        if first:
+            grad_weight.zero_()
+        grad_weight += torch.mm(dlogits_t, x_chunk)
 
 
 def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
