@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmarks_run_once_each():
+    pytest.importorskip("pytest_benchmark")  # the test extra; a bare GPU image may lack it
     # --benchmark-disable: each benchmark body runs once, untimed (seconds, not minutes)
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-q",
