@@ -303,10 +303,14 @@ def _keeps_graph():
 
 
 def _scaled(saved, g, dtype, in_place):
-    """saved * g in ``dtype``: in place in the saved buffer when the graph is not kept and the
-    dtypes agree (no second (V, C) float32 copy at the step's memory peak), else new."""
-    if in_place and saved.dtype == dtype:
-        return saved.mul_(g)
+    """saved * g in ``dtype``. In place in the saved buffer when the graph is not kept and the
+    buffer is float32 or already ``dtype`` (no second (V, C) float32 tensor at the step's
+    memory peak; a float32 accumulator is then cast once for half parameters). A half buffer
+    bound for a float32 gradient is multiplied into a new float32 tensor instead: scaling it in
+    half precision first would round (float16: flush) what float32 keeps."""
+    if in_place and saved.dtype in (dtype, torch.float32):
+        saved = saved.mul_(g)
+        return saved if saved.dtype == dtype else saved.to(dtype)
     return torch.mul(saved, g).to(dtype)
 
 
