@@ -108,6 +108,10 @@ def chunk_rows(N, V, C, itemsize=2, budget=None):
 
 
 _FP32_OUT = {}  # device type -> whether torch.addmm(..., out_dtype=torch.float32) runs there
+# The memory meter (bench/memory.py) stands fake CPU tensors in for a GPU step, so fake tensors
+# answer as CUDA does; its check against real CPU allocations sets this False (both sides then
+# take the CPU path).
+FAKE_TENSORS_MODEL_CUDA = True
 
 
 def _fp32_out_matmul(t):
@@ -118,6 +122,8 @@ def _fp32_out_matmul(t):
     from torch._subclasses.fake_tensor import is_fake
 
     if t.is_meta or is_fake(t):
+        if not FAKE_TENSORS_MODEL_CUDA:
+            return False
         if t.device.type == "cuda" and not torch.cuda.is_available():
             return False  # fake CUDA tensors in a CPU-only torch (the compile report) cannot
             # run its decomposition; only the kernel launches are looked at there
@@ -152,10 +158,13 @@ def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
     elif _fp32_out_matmul(x_chunk):
         torch.addmm(grad_weight, dlogits_t, x_chunk, beta=0 if first else 1,
                     out_dtype=torch.float32, out=grad_weight)
-    else:  # CPU torch: the half product is a temporary, summed in float32
+    else:  # CPU torch: the half product is a temporary, summed in float32 (cast explicitly:
+        # the memory meter's check against real CPU allocations sees the float32 copy)
+        product = torch.mm(dlogits_t, x_chunk).to(torch.float32)
         if first:
-            grad_weight.zero_()
-        grad_weight += torch.mm(dlogits_t, x_chunk)
+            grad_weight.copy_(product)
+        else:
+            grad_weight += product
 
 
 def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
