@@ -162,9 +162,8 @@ def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
         # the memory meter's check against real CPU allocations sees the float32 copy)
         product = torch.mm(dlogits_t, x_chunk).to(torch.float32)
         if first:
-            grad_weight.copy_(product)
-        else:
-            grad_weight += product
+            grad_weight.zero_()  # (not copy_: fake CUDA tensors in a CPU-only torch cannot)
+        grad_weight += product
 
 
 def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
