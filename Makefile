@@ -6,7 +6,7 @@ PYTHON ?= python3
 # pass e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for a CPU-only one.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-test train test test-all compile-report compat gpu-check
+.PHONY: install install-test train test test-all benchmark compile-report compat gpu-check
 install: .installed
 install-test: .installed-test
 
@@ -29,6 +29,11 @@ test: install-test
 # also the slow tests: the kernels at GPT-2 sizes in Triton's interpreter (long on a CPU)
 test-all: install-test
 	$(PYTHON) -m pytest -q $(ARGS)
+
+# The CPU path's per-op timings and one training step (pytest-benchmark; not part of `test`):
+# ARGS=--benchmark-autosave saves a baseline, ARGS=--benchmark-compare compares with the last
+benchmark: install-test
+	$(PYTHON) -m pytest benchmarks --benchmark-only $(ARGS)
 
 # Every kernel x config x dtype compiled for sm_80 / sm_90 with Triton's compiler (no GPU
 # needed): registers, spills, shared memory; results in bench/results/compile-*.json

@@ -93,7 +93,7 @@ def analytic(N, C, V, dtype):
     """Sizes of the largest buffers alive at once in each path (bytes)."""
     fused_mod = sys.modules["gpt_kernels.fused_linear_cross_entropy"]
     e = torch.empty((), dtype=dtype).element_size()
-    rows = fused_mod.chunk_rows(N, V, C)
+    rows = fused_mod.chunk_rows(N, V, C, e)
     unfused_bytes = {
         "logits (N, V) in dtype": N * V * e,
         "float32 logits (N, V) (the .float() cast; aliased when dtype is float32)":
@@ -101,13 +101,13 @@ def analytic(N, C, V, dtype):
         "float32 log-softmax saved for backward (N, V)": N * V * 4,
         "float32 grad of the logits in backward (N, V)": N * V * 4,
     }
-    fused_bytes = {
+    fused_bytes = {  # on CUDA (the issue's setting): see the fused module's docstring
         f"chunk buffer ({rows}, V) in dtype": rows * V * e,
-        "float32 grad_weight accumulator (V, C)": V * C * 4,
-        "per-chunk grad_weight product (V, C) (half dtypes only; float32 uses addmm_)":
+        "float32 grad_weight accumulator (V, C) (cuBLAS adds each chunk in: no temporary)":
+            V * C * 4,
+        "grad_x (N, C) in dtype": N * C * e,
+        "backward: grad_weight in the weight's dtype (the float32 one scaled in place)":
             V * C * e if dtype != torch.float32 else 0,
-        "float32 grad_x (N, C)": N * C * 4,
-        "backward: grad_weight x upstream grad, a new float32 (V, C)": V * C * 4,
     }
     return {"N": N, "C": C, "V": V, "dtype": str(dtype).replace("torch.", ""),
             "chunk_rows": rows,

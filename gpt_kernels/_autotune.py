@@ -19,7 +19,7 @@ interpreter cannot benchmark, so the autotuner must not be given a choice).
 import torch
 import triton
 
-__all__ = ["Prune", "autotune", "bench", "configs_from", "device_smem", "tile_of"]
+__all__ = ["Prune", "autotune", "bench", "bucket", "configs_from", "device_smem", "tile_of"]
 
 _TRITON = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
@@ -32,6 +32,15 @@ def bench(kernel_call, quantiles):
     from triton.testing import do_bench
 
     return do_bench(kernel_call, quantiles=quantiles)
+
+
+def bucket(n):
+    """The autotune key for a size that changes between calls (the token count M = B * T, a
+    sequence length): its power-of-two bucket, so a new batch size, or a KV-cache decode
+    that grows Tk by one each token, reuses the tile benchmarked for its bucket instead of
+    benchmarking again. A kernel keys on ``bucket(M)`` (a plain runtime argument) rather than
+    M itself; its tiles mask ragged edges, so any size runs correctly with its bucket's tile."""
+    return triton.next_power_of_2(max(int(n), 1))
 
 
 def autotune(configs, key, prune=None):

@@ -94,19 +94,30 @@ def _target(target, n_rows, n_classes, ignore_index, ref_name, ref):
     _same_device("target", target, ref_name, ref)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    # One reduction and one host sync: cheap next to an (N, V) op, and a target outside
-    # [0, V) would otherwise read out of bounds in a kernel. Skipped while torch.compile
-    # traces (a data-dependent branch would break the graph) and on tensors without data
-    # (fake or meta: the memory meter).
-    if torch.compiler.is_compiling() or target.is_meta or is_fake(target):
+    # Skipped while torch.compile traces (a data-dependent branch would break the graph) and
+    # on tensors without data (fake or meta: the memory meter).
+    if torch.compiler.is_compiling() or target.is_meta or is_fake(target) or not n_rows:
         return
     bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
-    if n_rows and bool(bad.any()):
-        first = target[bad][0].item()
-        raise ValueError(
-            f"target must be in [0, {n_classes}) or equal ignore_index={ignore_index}, "
-            f"found {first}"
-        )
+    if target.device.type not in HOST_CHECKED_DEVICES:
+        # On a GPU, bool(bad.any()) would stall the host every step until the GPU caught
+        # up. The check stays on the device instead: _assert_async raises (at the next
+        # synchronisation) with this message, before any later kernel reads out of bounds
+        # -- as PyTorch's own cross-entropy asserts on the device.
+        torch._assert_async(~bad.any(), _target_message(n_classes, ignore_index, "one outside it (checked on the device)"))
+        return
+    if bool(bad.any()):  # on the CPU the data is here: no stall, and a ValueError
+        raise ValueError(_target_message(n_classes, ignore_index, target[bad][0].item()))
+
+
+# Devices whose targets are checked on the host (a ValueError naming the first bad one);
+# elsewhere the check is queued on the device, without a host synchronisation.
+HOST_CHECKED_DEVICES = ("cpu",)
+
+
+def _target_message(n_classes, ignore_index, found):
+    return (f"target must be in [0, {n_classes}) or equal ignore_index={ignore_index}, "
+            f"found {found}")
 
 
 def _reduction(reduction):

@@ -674,10 +674,8 @@ def _upcast(dtype):
     return _INTERPRET and dtype == torch.bfloat16
 
 
-def _bucket(n):
-    """Autotune key for a sequence length: its power-of-two bucket, so a KV-cache decode
-    that grows Tk by one each step does not re-tune on every token."""
-    return triton.next_power_of_2(max(int(n), 1))
+# the autotune keys bucket the sequence lengths (and leave out B and H): see _autotune.bucket
+_bucket = _autotune.bucket
 
 
 def _head_view_ok(t):

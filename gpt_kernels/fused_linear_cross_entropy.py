@@ -2,15 +2,18 @@
 
 The lm_head of GPT-2 at training sizes (N = 8192 tokens, V = 50304) would produce 412M logits:
 1.6 GB in float32, and ``F.cross_entropy`` keeps a float32 log-softmax of the same size for its
-backward. Here the tokens go through in chunks of ``chunk_rows(N, V, C)`` rows; for each chunk
+backward. Here the tokens go through in chunks of ``chunk_rows(N, V, C, itemsize)`` rows, as
+many as ``CHUNK_BUDGET_BYTES`` (256 MiB) of logits hold (all N when they fit); for each chunk
 
 1. the chunk's logits are one matmul (torch / cuBLAS, as Liger-Kernel does) into a
    ``(rows, V)`` buffer this module allocated once and reuses for every chunk;
 2. the Triton cross-entropy kernel (``gpt_kernels/cross_entropy.py``) computes the chunk's loss and,
    in the same launch, overwrites that buffer with ``softmax - onehot`` (each program reads a
    logit before it writes its gradient, so the aliasing is safe);
-3. two more matmuls turn that into the chunk's rows of ``grad_x`` and its contribution to
-   ``grad_weight`` (``grad_bias`` is a column sum), accumulated across chunks in float32.
+3. two more matmuls turn that into the chunk's rows of ``grad_x`` (written in place, in the
+   matmul dtype) and its contribution to ``grad_weight``, which cuBLAS adds straight into
+   the float32 accumulator (``torch.addmm(..., out_dtype=torch.float32)``, CUDA, torch >= 2.8;
+   the first chunk overwrites it, so nothing is zero-filled); ``grad_bias`` is a column sum.
 
 So for "mean" and "sum" the forward already holds every gradient up to the scalar upstream
 gradient, and backward only scales them (three matmuls in all, as in an unfused lm_head; the
@@ -34,10 +37,29 @@ setting ``torch.backends.cuda.matmul.allow_tf32``: off by default (IEEE float32,
 check), on in ``train.py``'s CUDA runs, where the lm_head matmuls then use TF32 exactly as an
 unfused ``F.linear`` would. The cross-entropy kernel has no matmul.
 
-Memory (GPT-2 sizes, bf16 under autocast): one 128 x 50304 chunk buffer (12.9 MB), float32
-``grad_weight`` (155 MB) plus a bf16 per-chunk product of the same shape (77 MB), float32
-``grad_x`` (25 MB); backward makes new scaled copies rather than scaling the saved gradients in
-place, so ``backward(retain_graph=True)`` twice gives the same answer.
+Bytes and launches per step (GPT-2: N = 8192, C = 768, V = 50304, bf16 under autocast; every
+operand counted at each kernel that reads it, no L2 credit; ``bench.roofline.flce_counts``
+computes them and tests/test_roofline.py checks them). FLOPs are the same before and after:
+3 x 2NCV = 1.90 TFLOP, 2.4 ms at 790 TFLOP/s.
+
+- before issue 20: 64 chunks of 128 rows, each chunk's grad_weight a fresh (V, C) bf16
+  product (77 MB) added into float32 (read 232 MB, write 155 MB), a zero-fill, grad_x copied
+  to float32: 45.4 GB and 394 launches (13.5 ms at 3.35 TB/s).
+- now: 4 chunks of 2048 rows; grad_weight read + written once per chunk after the first
+  (cuBLAS float32 output), grad_x stored by its matmul: 7.3 GB and 25 launches (2.2 ms at
+  3.35 TB/s). Of these, 4.1 GB are the (N, V) bf16 logits themselves (written by the matmul,
+  read twice and overwritten by the cross-entropy kernel, read by the two gradient matmuls);
+  the 5 GB target needs the cross-entropy fused into the matmuls' epilogue, not done here.
+  Where torch has no float32-output matmul for half operands (CPU torch) each chunk's product
+  is a half temporary added in float32, as before.
+
+Memory (GPT-2 sizes, bf16 under autocast): one 2048 x 50304 chunk buffer (206 MB), float32
+``grad_weight`` (155 MB), bf16 ``grad_x`` (12.6 MB), the bf16 copies of x and weight
+autocast needs (90 MB). Backward scales the saved gradients by the upstream gradient in
+place, so no second (V, C) float32 tensor exists at backward; under
+``backward(retain_graph=True)`` it makes new scaled copies instead, so backward twice gives
+the same answer. The whole step's metered peak (``python -m bench.memory --paths=triton``,
+fake tensors) went from 4.952 GB (128-row chunks, copies in backward) to 4.930 GB.
 """
 
 from typing import Optional
@@ -54,21 +76,94 @@ from gpt_kernels.cross_entropy import cross_entropy_forward, reduce_loss, reduct
 __all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_forward",
            "flce_backward_none", "flce_fwd", "flce_bwd_none"]
 
+# The chunk buffer's default budget. 256 MiB holds 2048 rows of GPT-2's 50304 bf16 logits: at
+# N = 8192 four chunks, so the float32 grad_weight is read and written 3 times instead of 63,
+# and the step's metered peak (python -m bench.memory) stays below the 128-row version's
+# (see the module docstring: the backward no longer copies the saved gradients).
+CHUNK_BUDGET_BYTES = 256 * 2**20
 _MIN_CHUNK_ROWS = 64
-_MAX_CHUNK_ROWS = 1024
+_ROW_MULTIPLE = 64  # chunk heights rounded to a matmul tile when the budget allows it
 
 
-def chunk_rows(N, V, C):
-    """Tokens per chunk: the chunk's (rows, V) logits about as large as x's own (N, C).
+def chunk_rows(N, V, C, itemsize=2, budget=None):
+    """Tokens per chunk: as many rows of (rows, V) logits as ``budget`` bytes hold.
 
-    rows = N / ceil(V / C), rounded up to a power of two and kept in [64, 1024] (fewer than 64
-    rows makes the matmuls inefficient; more than 1024 buys nothing), never more than N.
-    GPT-2 training (N=8192, C=768, V=50304): ceil(V/C) = 66, 8192/66 -> 128 rows, a
-    128 x 50304 chunk: 12.9 MB in bfloat16 against 824 MB for all the logits.
+    ``itemsize`` is the bytes of one logit (the matmuls' dtype); ``budget`` defaults to
+    ``CHUNK_BUDGET_BYTES``. All N rows when their logits fit; else the fewest chunks that
+    fit, of equal height (rounded up to a multiple of 64 when that still fits), never fewer
+    than 64 rows (smaller matmuls waste the tensor cores) nor more than N. C is unused (kept
+    so the call reads like the matmul's shape). GPT-2 training (N=8192, V=50304, bf16, 256
+    MiB): 2048 rows, 4 chunks of 206 MB each.
     """
-    N, V, C = int(N), int(V), int(C)  # symbolic under dynamic shapes: chunks specialize on them
-    rows = triton.next_power_of_2(max(1, triton.cdiv(N, triton.cdiv(V, C))))
-    return max(1, min(N, max(_MIN_CHUNK_ROWS, min(_MAX_CHUNK_ROWS, rows))))
+    N, V = int(N), int(V)  # symbolic under dynamic shapes: chunks specialize on them
+    budget = CHUNK_BUDGET_BYTES if budget is None else int(budget)
+    if N <= 0:
+        return 1
+    fit = max(_MIN_CHUNK_ROWS, budget // max(1, V * int(itemsize)))
+    if N <= fit:
+        return N
+    even = triton.cdiv(N, triton.cdiv(N, fit))  # equal chunks, the last one no smaller
+    rounded = triton.cdiv(even, _ROW_MULTIPLE) * _ROW_MULTIPLE
+    return min(N, rounded if rounded <= fit else even)
+
+
+_FP32_OUT = {}  # device type -> whether torch.addmm(..., out_dtype=torch.float32) runs there
+# The memory meter (bench/memory.py) stands fake CPU tensors in for a GPU step, so fake tensors
+# answer as CUDA does; its check against real CPU allocations sets this False (both sides then
+# take the CPU path).
+FAKE_TENSORS_MODEL_CUDA = True
+
+
+def _fp32_out_matmul(t):
+    """Whether half-precision operands can be multiplied straight into a float32 tensor
+    (``torch.addmm(out_dtype=torch.float32)``, cuBLAS with a float32 C/D; CUDA on torch >=
+    2.8). Probed once per device type. Fake and meta tensors (the memory meter) answer for
+    CUDA: the meter models the GPU step."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if t.is_meta or is_fake(t):
+        if not FAKE_TENSORS_MODEL_CUDA:
+            return False
+        if t.device.type == "cuda" and not torch.cuda.is_available():
+            return False  # fake CUDA tensors in a CPU-only torch (the compile report) cannot
+            # run its decomposition; only the kernel launches are looked at there
+        return _FP32_OUT.get("cuda", hasattr(torch.ops.aten.addmm, "dtype_out"))
+    kind = t.device.type
+    if kind not in _FP32_OUT:
+        try:
+            a = torch.ones(2, 2, dtype=torch.bfloat16, device=t.device)
+            c = torch.ones(2, 2, dtype=torch.float32, device=t.device)
+            torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
+            _FP32_OUT[kind] = bool((c == 3).all())
+        except (RuntimeError, TypeError, NotImplementedError):
+            _FP32_OUT[kind] = False
+    return _FP32_OUT[kind]
+
+
+def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
+    """grad_weight (V, C) float32 (+)= dlogits.T @ x_chunk: (V, n) @ (n, C).
+
+    float32 operands: ``addmm_`` (the first chunk ``mm`` into it: no zero-fill). Half
+    operands: cuBLAS writes the float32 accumulator directly (``out_dtype``), so no (V, C)
+    temporary exists and each chunk reads + writes grad_weight once (310 MB at GPT-2's size).
+    Where that is not available (CPU torch) the half product is a temporary added into the
+    zero-filled float32 accumulator, as before issue 20.
+    """
+    dlogits_t = dlogits.t()
+    if x_chunk.dtype == torch.float32:
+        if first:
+            torch.mm(dlogits_t, x_chunk, out=grad_weight)
+        else:
+            grad_weight.addmm_(dlogits_t, x_chunk)
+    elif _fp32_out_matmul(x_chunk):
+        torch.addmm(grad_weight, dlogits_t, x_chunk, beta=0 if first else 1,
+                    out_dtype=torch.float32, out=grad_weight)
+    else:  # CPU torch: the half product is a temporary, summed in float32 (cast explicitly:
+        # the memory meter's check against real CPU allocations sees the float32 copy)
+        product = torch.mm(dlogits_t, x_chunk).to(torch.float32)
+        if first:
+            grad_weight.zero_()  # (not copy_: fake CUDA tensors in a CPU-only torch cannot)
+        grad_weight += product
 
 
 def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
@@ -77,19 +172,24 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
 
     x (N, C), weight (V, C), bias (V,) or None, all of one dtype; target (N,).
     ``grad_scale`` (float32, 1 or N values) multiplies each row of ``softmax - onehot``
-    before the gradient matmuls. Returns ``(loss_rows, grad_x, grad_weight, grad_bias)``, the
-    gradients float32 ((N, C), (V, C), (V,)) or None when not requested.
+    before the gradient matmuls. Returns ``(loss_rows, grad_x, grad_weight, grad_bias)``:
+    grad_x in x's dtype (N, C) (one matmul per row block, float32 inside cuBLAS: nothing is
+    summed across chunks), grad_weight (V, C) and grad_bias (V,) float32 (summed over the
+    chunks), or None when not requested.
     """
     N, C = x.shape
     V = weight.shape[0]
     device = x.device
     need_grad = need_x or need_weight or need_bias
-    rows = chunk_rows(N, V, C) if rows is None else rows
+    rows = chunk_rows(N, V, C, x.element_size()) if rows is None else rows
     loss_rows = torch.empty(N, dtype=torch.float32, device=device)
-    grad_x = torch.empty(N, C, dtype=torch.float32, device=device) if need_x else None
-    grad_weight = torch.zeros(V, C, dtype=torch.float32, device=device) if need_weight else None
-    grad_bias = torch.zeros(V, dtype=torch.float32, device=device) if need_bias else None
+    grad_x = torch.empty(N, C, dtype=x.dtype, device=device) if need_x else None
+    grad_weight = torch.empty(V, C, dtype=torch.float32, device=device) if need_weight else None
+    grad_bias = torch.empty(V, dtype=torch.float32, device=device) if need_bias else None
     if N == 0:
+        for g in (grad_weight, grad_bias):
+            if g is not None:
+                g.zero_()
         return loss_rows, grad_x, grad_weight, grad_bias
     if grad_scale is None:
         grad_scale = torch.ones(1, dtype=torch.float32, device=device)
@@ -99,6 +199,7 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     weight_t = weight.t()
     for start in range(0, N, rows):
         end = min(start + rows, N)
+        first = start == 0
         x_chunk = x[start:end]  # (n, C)
         logits = buffer[: end - start]  # (n, V), contiguous: the first n rows of the buffer
         if bias is None:
@@ -112,14 +213,14 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
         )
         # logits now holds dL/dlogits for the chunk (rows scaled by scale_c, ignored rows 0)
         if need_x:
-            grad_x[start:end] = torch.mm(logits, weight)  # (n, V) @ (V, C)
+            torch.mm(logits, weight, out=grad_x[start:end])  # (n, V) @ (V, C)
         if need_weight:  # (V, n) @ (n, C), summed over chunks in float32
-            if x.dtype == torch.float32:
-                grad_weight.addmm_(logits.t(), x_chunk)  # no (V, C) temporary
-            else:
-                grad_weight += torch.mm(logits.t(), x_chunk)  # half product, float32 sum
+            _accumulate_weight_grad(grad_weight, logits, x_chunk, first)
         if need_bias:
-            grad_bias += logits.sum(dim=0, dtype=torch.float32)
+            if first:
+                torch.sum(logits, dim=0, dtype=torch.float32, out=grad_bias)
+            else:
+                grad_bias += logits.sum(dim=0, dtype=torch.float32)
     return loss_rows, grad_x, grad_weight, grad_bias
 
 
@@ -196,6 +297,31 @@ def _setup_context(ctx, inputs, output):
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
 
 
+def _keeps_graph():
+    """Whether the backward running now was asked to keep the graph (``retain_graph=True``):
+    then the saved gradients must survive it. Unknown (a torch without the query, or while
+    torch.compile traces the backward) counts as yes."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if query is None or torch.compiler.is_compiling():
+        return True
+    try:
+        return bool(query())
+    except RuntimeError:  # not inside a graph task (a direct call of the backward)
+        return True
+
+
+def _scaled(saved, g, dtype, in_place):
+    """saved * g in ``dtype``. In place in the saved buffer when the graph is not kept and the
+    buffer is float32 or already ``dtype`` (no second (V, C) float32 tensor at the step's
+    memory peak; a float32 accumulator is then cast once for half parameters). A half buffer
+    bound for a float32 gradient is multiplied into a new float32 tensor instead: scaling it in
+    half precision first would round (float16: flush) what float32 keeps."""
+    if in_place and saved.dtype in (dtype, torch.float32):
+        saved = saved.mul_(g)
+        return saved if saved.dtype == dtype else saved.to(dtype)
+    return torch.mul(saved, g).to(dtype)
+
+
 def _backward(ctx, grad_loss, *_):
     need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
     if ctx.reduction == "none":
@@ -203,12 +329,15 @@ def _backward(ctx, grad_loss, *_):
         gx, gw, gb = flce_bwd_none(x, weight, bias, target, grad_loss, *ctx.args)
     else:
         # the forward already holds the gradients of the summed loss: scale them by
-        # upstream x 1/n_valid (new tensors: backward twice gives the same answer)
+        # upstream x 1/n_valid, in the saved buffers themselves unless the graph is kept
+        # (then new tensors: backward twice gives the same answer)
         gx, gw, gb, scale = ctx.saved_tensors
         g = grad_loss.to(torch.float32) * scale
+        in_place = not _keeps_graph()
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        gx, gw = (gx * g).to(x_dtype), (gw * g).to(w_dtype)
-        gb = (gb * g).to(b_dtype) if b_dtype is not None else None
+        gx = _scaled(gx, g, x_dtype, in_place) if need_x else None
+        gw = _scaled(gw, g, w_dtype, in_place) if need_weight else None
+        gb = _scaled(gb, g, b_dtype, in_place) if need_bias and b_dtype is not None else None
     return (gx if need_x else None, gw if need_weight else None, gb if need_bias else None,
             None, None, None, None, None, None, None)
 

@@ -246,3 +246,50 @@ def test_gpu_rerun_is_bit_identical():
     runs = [run_kernel(logits, target, -100, "mean", g)[:2] for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
+
+
+# --------------------------------------------------------------------------- no host sync
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops run inside it; ``_local_scalar_dense`` is how bool() / .item() read a
+    tensor's value on the host (the host synchronisation on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _validate_ops(target, V=50):
+    from gpt_kernels._validate import check_cross_entropy
+
+    logits = torch.randn(target.shape[0], V)
+    with _RecordOps() as rec:
+        check_cross_entropy(logits, target, -100, "mean", for_triton=True)
+    return rec.ops
+
+
+def test_target_check_on_a_gpu_reads_nothing_back(monkeypatch):
+    target = torch.tensor([0, 3, -100, 49, 7])
+    # the CPU check reads the answer on the host (so this test can tell the two apart) ...
+    assert "_local_scalar_dense" in _validate_ops(target)
+    # ... a device that is not host-checked (every GPU) queues the check instead
+    monkeypatch.setattr("gpt_kernels._validate.HOST_CHECKED_DEVICES", ())
+    ops = _validate_ops(target)
+    assert "_assert_async" in ops
+    assert "_local_scalar_dense" not in ops and "is_nonzero" not in ops
+
+
+@pytest.mark.parametrize("bad", [50, -1, 1000])
+def test_target_check_on_the_device_still_names_the_range(bad, monkeypatch):
+    from gpt_kernels._validate import check_cross_entropy
+
+    monkeypatch.setattr("gpt_kernels._validate.HOST_CHECKED_DEVICES", ())
+    target = torch.tensor([0, bad, 2])
+    # on a CPU _assert_async raises at once; on a GPU at the next synchronisation
+    with pytest.raises(RuntimeError, match=r"target must be in \[0, 50\) or equal "
+                                           r"ignore_index=-100"):
+        check_cross_entropy(torch.randn(3, 50), target, -100, "mean", for_triton=True)

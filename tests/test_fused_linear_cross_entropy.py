@@ -86,7 +86,7 @@ def check_against_reference(x, w, b, target, reduction, tol=None):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_backward_vs_f64(dtype, reduction, monkeypatch):
-    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C: 16)  # 5 chunks, ragged last
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 16)  # 5 chunks, ragged last
     check_against_reference(*make_inputs(71, 100, 1000, dtype), reduction)
 
 
@@ -99,17 +99,39 @@ def test_odd_shapes_default_chunking(N, C, V, bias):
 
 @pytest.mark.parametrize("rows", [1, 3, 64])
 def test_chunk_sizes_agree(rows, monkeypatch):
-    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C: rows)
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: rows)
     check_against_reference(*make_inputs(37, 32, 300, torch.float32), "sum")
 
 
 def test_chunk_rows_rule():
-    # GPT-2 training: 128-row chunks of 50304 logits instead of 8192 rows at once
-    assert flce_mod.chunk_rows(8192, 50304, 768) == 128
-    assert flce_mod.chunk_rows(5, 50304, 768) == 5
-    assert flce_mod.chunk_rows(100000, 1000, 768) == 1024
-    for N, V, C in [(1, 7, 3), (423, 1000, 96), (8192, 50257, 1600)]:
-        assert 1 <= flce_mod.chunk_rows(N, V, C) <= N
+    rule = flce_mod.chunk_rows
+    # GPT-2 training, bf16: 4 chunks of 2048 rows (206 MB each) within the 256 MiB budget
+    assert rule(8192, 50304, 768, 2) == 2048
+    assert rule(8192, 50304, 768, 4) == 1216  # float32: 7 equal chunks, a multiple of 64
+    assert rule(5, 50304, 768, 2) == 5
+    assert rule(100000, 1000, 768, 2) == 100000  # all logits fit the budget: one chunk
+    assert rule(8192, 50304, 768, 2, budget=8192 * 50304 * 2) == 8192
+    assert rule(8192, 50304, 768, 2, budget=1) == 64  # never below 64 rows
+    for N, V, C, size in [(1, 7, 3, 4), (423, 1000, 96, 2), (8192, 50257, 1600, 2),
+                          (70001, 50304, 768, 2), (3000, 50257, 768, 4)]:
+        rows = rule(N, V, C, size)
+        assert 1 <= rows <= N
+        assert rows * V * size <= flce_mod.CHUNK_BUDGET_BYTES or rows == 64
+        chunks = -(-N // rows)
+        assert chunks == -(-N // max(64, flce_mod.CHUNK_BUDGET_BYTES // (V * size))) or rows == N
+
+
+def test_backward_in_place_matches_retained():
+    # without retain_graph the saved float32 gradients are scaled in place; same numbers
+    x, w, b, target = make_inputs(20, 32, 300, torch.float32)
+    grads = []
+    for retain in (True, False):
+        xl, wl, bl = leaves(x, w, b)
+        loss = flce(xl, wl, target, bl, ignore_index=IGNORE, reduction="mean")
+        grads.append(torch.autograd.grad(loss, (xl, wl, bl), torch.tensor(0.5),
+                                         retain_graph=retain))
+    for a, c in zip(*grads):
+        assert torch.equal(a, c)
 
 
 def test_large_logits_stay_finite():
@@ -225,7 +247,7 @@ def test_backward_twice_with_retain_graph(reduction):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_rerun_is_bit_identical(reduction, monkeypatch):
     # fixed chunk order, per-row kernel programs, no atomics: reruns agree bit for bit
-    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C: 8)
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 8)
     x, w, b, target = make_inputs(50, 32, 300, torch.float32)
     g = torch.randn(50) if reduction == "none" else torch.tensor(3.0)
     (l1, g1, _), (l2, g2, _) = (run_flce(x, w, b, target, reduction, g) for _ in range(2))
@@ -329,3 +351,39 @@ def test_gpu_rerun_is_bit_identical():
     assert torch.equal(l1, l2)
     for a, c in zip(g1, g2):
         assert torch.equal(a, c)
+
+
+# --------------------------------------------------------------------------- float32-output matmul
+
+def test_fp32_output_matmul_probe():
+    # CPU torch has no half x half -> float32 addmm; the memory meter's fake tensors model CUDA
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    assert flce_mod._fp32_out_matmul(torch.ones(2, 2, dtype=torch.bfloat16)) is False
+    with FakeTensorMode():
+        fake = torch.ones(2, 2, dtype=torch.bfloat16)
+    assert flce_mod._fp32_out_matmul(fake) is hasattr(torch.ops.aten.addmm, "dtype_out")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grad_weight_through_the_fp32_output_path(dtype, monkeypatch):
+    # The CUDA path (cuBLAS writing the float32 accumulator) emulated on the CPU with the
+    # semantics torch documents for addmm(out_dtype=float32): beta * input + mat1 @ mat2,
+    # products summed in float32. First chunk beta=0 (no zero-fill needed), then beta=1.
+    calls = []
+    real_addmm = torch.addmm
+
+    def addmm(inp, m1, m2, *, beta=1, alpha=1, out=None, out_dtype=None):
+        if out_dtype is None:
+            return real_addmm(inp, m1, m2, beta=beta, alpha=alpha, out=out)
+        assert out_dtype == torch.float32 and out is inp and out.dtype == torch.float32
+        calls.append(beta)
+        prod = m1.float() @ m2.float()
+        return out.copy_(prod if beta == 0 else inp + prod)
+
+    monkeypatch.setattr(flce_mod, "_fp32_out_matmul", lambda t: True)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 16)  # 3 chunks, ragged
+    x, w, _, target = make_inputs(37, 64, 300, dtype, bias=False)
+    check_against_reference(x, w, None, target, "mean")
+    assert calls == [0, 1, 1]
