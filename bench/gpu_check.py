@@ -41,6 +41,7 @@ kernel tests in place of the GPU tests (smoke figures are not performance number
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -296,7 +297,7 @@ def run(cfg):
                 continue
             argv = step_commands(cfg, out_dir, lambda s: max(1.0, 0.75 * caps.get(s, 0.0) - 10))[name]
             rec.update(status="running", cap_s=round(cap, 1),
-                       command=" ".join(["python", "-m", *argv]))
+                       command=shlex.join(["python", "-m", *argv]))
             save()
             tee(f"\n==> {name} (cap {cap:.0f} s): {rec['command']}\n")
             start = time.monotonic()
