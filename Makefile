@@ -40,7 +40,11 @@ compile-report: install
 compat: install
 	$(PYTHON) -m bench.compat $(ARGS)
 
-# On a machine with an NVIDIA GPU: GPU tests, kernel and training benchmarks, memory meter,
-# report and README results block (refuses without a GPU)
-gpu-check: install-test
-	$(PYTHON) -m bench.gpu_check $(ARGS)
+# On a machine with an NVIDIA GPU, inside a time budget (docs/gpu.md): GPU tests, training
+# step, attention and kernel benchmarks, report, all into OUT. Installs only what is missing:
+# a CUDA image with torch, triton, numpy, pytest, matplotlib runs it from a plain checkout.
+OUT ?= gpu-check-out
+BUDGET ?= 480
+gpu-check:
+	@$(PYTHON) -c "import torch, triton, numpy, pytest, matplotlib" 2>/dev/null || $(MAKE) install-test
+	$(PYTHON) -m bench.gpu_check --budget_s=$(BUDGET) --out_dir=$(OUT) $(ARGS)
