@@ -107,7 +107,7 @@ OPTIONS = {
 def _tracker_class(base):
     """``base`` (MemTracker, or FSDPMemTracker for a sharded model) made to see inside our
     ops and to keep only the step's overall peak."""
-    from gpt_kernels._library import LAUNCHERS
+    from gpt_kernels._library import LAUNCHERS, plain_launches
 
     class KernelMemTracker(base):
         """A mode only sees the ops dispatched to it, and an op's own allocations happen below
@@ -126,7 +126,7 @@ def _tracker_class(base):
             launcher = LAUNCHERS.get(func._schema.name)
             if launcher is None:
                 return super().__torch_dispatch__(func, types, args, kwargs)
-            with self:
+            with self, plain_launches():  # on CUDA the launchers would use wrap_triton
                 return launcher(*args, **(kwargs or {}))
 
     return KernelMemTracker

@@ -54,7 +54,16 @@ def autotune(configs, key, prune=None):
 
 
 def device_smem(device):
-    """Bytes of shared memory one program may use on CUDA ``device`` (the opt-in maximum)."""
+    """Bytes of shared memory one program may use on CUDA ``device`` (the opt-in maximum).
+
+    A non-CUDA device (the fake CPU tensors a trace or the memory meter may hand an
+    autotuner) means the current CUDA device; without CUDA it is a ValueError."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"shared memory per block is a property of a CUDA GPU; got a "
+                             f"tensor on {device} and no CUDA device is available")
+        device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
     limit = getattr(props, "shared_memory_per_block_optin", None)  # torch >= 2.6
     if limit is None:
