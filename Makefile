@@ -35,10 +35,13 @@ test-all: install-test
 compile-report: install
 	$(PYTHON) -m bench.compile_report $(ARGS)
 
-# The compile check with the oldest supported Triton (pyproject.toml) and the newest tested,
-# each installed alone with pip --target under ~/.cache/gpt-triton/compat
+# The compile check with the oldest supported Triton (pyproject.toml), the GPU image's (3.6)
+# and the newest tested, each installed alone with pip --target under ~/.cache/gpt-triton/compat;
+# COMPAT_PYTHONS=/path/to/python,... also checks whole other environments as they are (e.g. a
+# twin of the GPU image: torch 2.11, Triton 3.6, numpy 2.5), interpreter included
+COMPAT_PYTHONS ?=
 compat: install
-	$(PYTHON) -m bench.compat $(ARGS)
+	$(PYTHON) -m bench.compat --pythons=$(COMPAT_PYTHONS) $(ARGS)
 
 # On a machine with an NVIDIA GPU, inside a time budget (docs/gpu.md): GPU tests, training
 # step, attention and kernel benchmarks, report, all into OUT. Installs only what is missing:
