@@ -82,7 +82,12 @@ def device_slug(device):
 
 
 def git_commit():
-    """(commit hash, dirty?) of the working tree; (None, None) outside a git checkout."""
+    """(commit hash, dirty?) of the working tree; (None, None) outside a git checkout.
+
+    ``GPT_GIT_COMMIT`` in the environment wins (dirty then None): a copy of a working tree
+    can carry a stale ``.git`` whose HEAD is not the tree's commit (seen on a GPU machine)."""
+    if os.environ.get("GPT_GIT_COMMIT"):
+        return os.environ["GPT_GIT_COMMIT"].strip(), None
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=30)
@@ -123,6 +128,7 @@ def metadata(device, smoke):
         "date": date.today().isoformat(),
         "versions": versions(),
         "commit": commit,
+        "commit_from": "GPT_GIT_COMMIT" if os.environ.get("GPT_GIT_COMMIT") else "git HEAD",
         "dirty": dirty,
         "host": host_description(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",

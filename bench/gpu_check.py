@@ -28,8 +28,8 @@ benchmark steps also get a soft budget: they start no new shape once it is spent
 
 Everything goes into ``--out_dir`` and nowhere else (at most 8 files): ``results.json``
 (rewritten atomically after every measurement and every step, so a run killed at any moment
-leaves a valid file with every finished measurement), ``junit.xml``, ``gpu_check.log``,
-``results.md`` and the PNG plots. A step is "ok" only when it exited cleanly and measured
+leaves a valid file with every finished measurement), ``junit.xml``, ``tests.jsonl`` (each
+test's result as it finishes), ``gpu_check.log``, ``results.md`` and the PNG plots. A step is "ok" only when it exited cleanly and measured
 something; a step whose every measurement was skipped is "nothing measured". The exit
 status is 0 when every step is ok, 1 otherwise, 130 when interrupted.
 
@@ -61,7 +61,7 @@ STEPS = ("tests", "train", "attention", "ops", "report")
 SHARES = {"tests": 0.28, "train": 0.34, "attention": 0.20, "ops": 0.13, "report": 0.05}
 STEP_OPS = {"attention": ("flash_attention",),
             "ops": ("layer_norm", "linear_gelu", "cross_entropy", "fused_linear_cross_entropy")}
-RESULTS, JUNIT, LOG = "results.json", "junit.xml", "gpu_check.log"
+RESULTS, JUNIT, LOG, TEST_LOG = "results.json", "junit.xml", "gpu_check.log", "tests.jsonl"
 MAX_FILES = 8
 MIN_STEP_S = 5.0  # a step offered less than this is recorded as not run
 FINAL_S = 2.0  # kept back at the end for the last write of the results
@@ -98,8 +98,10 @@ def step_commands(cfg, out_dir, child_budget):
     """{step: argv after ``python -m``}: the GPU form, or the CPU smoke form.
     ``child_budget(step)`` is the soft budget in seconds a benchmark step is given."""
     res, smoke = str(Path(out_dir) / RESULTS), cfg["smoke"]
-    junit = ["-p", "no:cacheprovider", f"--junitxml={Path(out_dir) / JUNIT}",
-             "-o", "junit_family=xunit2"]
+    # each test's result as it finishes (bench.pytest_progress, GPT_TEST_LOG): the junit XML
+    # is written only at the end, and a step stopped at its cap leaves none
+    junit = ["-p", "no:cacheprovider", "-p", "bench.pytest_progress",
+             f"--junitxml={Path(out_dir) / JUNIT}", "-o", "junit_family=xunit2"]
     workers = cfg["workers"] or min(8, os.cpu_count() or 1)
     xdist = ["-n", str(workers)] if workers > 1 and _has_module("xdist") and not smoke else []
     kernels = ["bench.kernels", f"--out={res}", "--compile=" + str(not smoke)]
@@ -109,7 +111,8 @@ def step_commands(cfg, out_dir, child_budget):
         kernels += ["--dtypes=bfloat16", "--warmup=10", "--rep=40"]
     return {
         "tests": (["pytest", "-q", *junit, *SMOKE_TESTS] if smoke
-                  else ["pytest", "-q", "-m", "gpu", "-rfE", *junit, *xdist, "tests"]),
+                  else ["pytest", "-q", "-m", "gpu", "-rfE", "--continue-on-collection-errors",
+                        *junit, *xdist, "tests"]),
         "train": (["bench.train", "--smoke=True", f"--out={res}", "--paths=triton,torch",
                    "--max_batch=False"] if smoke
                   else ["bench.train", f"--out={res}", "--max_batch=False", "--warmup=3",
@@ -135,7 +138,7 @@ def measured(step, out_dir):
         try:
             root = ET.parse(out_dir / JUNIT).getroot()
         except (OSError, ET.ParseError):
-            return None, "no junit XML"
+            return _test_log(out_dir / TEST_LOG)
         suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
         count = {k: sum(int(s.get(k, 0)) for s in suites)
                  for k in ("tests", "failures", "errors", "skipped")}
@@ -154,6 +157,19 @@ def measured(step, out_dir):
             if r.get("kernel") in STEP_OPS[step]]
     ran = sum(not r.get("skipped") for r in rows)
     return ran, f"{ran} of {len(rows)} measurements ran, {len(rows) - ran} skipped"
+
+
+def _test_log(path):
+    """(tests that ran, note) from bench.pytest_progress's lines, when pytest left no junit."""
+    try:
+        lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return None, "no junit XML and no test log"
+    count = {k: sum(r["outcome"] == k for r in lines)
+             for k in ("passed", "failed", "error", "skipped")}
+    return count["passed"] + count["failed"], (
+        f"{len(lines)} tests finished before the stop (no junit XML): {count['passed']} passed, "
+        f"{count['failed']} failed, {count['error']} errors, {count['skipped']} skipped")
 
 
 def read_results(out_dir):
@@ -301,7 +317,8 @@ def run(cfg):
             save()
             tee(f"\n==> {name} (cap {cap:.0f} s): {rec['command']}\n")
             start = time.monotonic()
-            env_step = dict(env, GPT_KERNELS_AUTOTUNE="first") if name == "tests" else env
+            env_step = env if name != "tests" else dict(
+                env, GPT_KERNELS_AUTOTUNE="first", GPT_TEST_LOG=str(out_dir / TEST_LOG))
             rc, how = run_child(argv, env_step, cap, tee)
             count, note = measured(name, out_dir)
             rec.update(returncode=rc, seconds=round(time.monotonic() - start, 1),

@@ -10,7 +10,7 @@ Providers (a provider that is missing or fails is recorded as skipped, with the 
 - ``triton``: the op forced to Triton, ``gpt_kernels.<op>(..., backend="triton")``;
 - ``torch``: the plain-PyTorch reference, ``gpt_kernels.reference.<op>`` (eager);
 - ``compile``: ``torch.compile`` of that same reference code;
-- ``liger``: Liger-Kernel's version of the op (``liger_kernel.transformers.functional``) when
+- ``liger``: Liger-Kernel's version of the op (its loss modules and LayerNorm function) when
   ``liger_kernel`` is importable (never required; linear+GELU and attention have none);
 - attention only: ``naive`` (nanoGPT's eager attention in the input dtype: QK^T, mask,
   softmax, @V), ``sdpa`` (``scaled_dot_product_attention``, PyTorch's own choice of backend)
@@ -292,30 +292,35 @@ def _sdpa_backend(name):
 
 
 def liger_op(op):
-    """Liger-Kernel's version of ``op`` with our reference's signature; Skip when
-    ``liger_kernel`` is not importable or has no such op."""
+    """Liger-Kernel's version of ``op`` with our reference's signature, through its loss
+    modules and its LayerNorm function (the APIs that kept their signatures across releases);
+    Skip when ``liger_kernel`` is not importable or has no such op."""
+    if op not in ("layer_norm", "cross_entropy", "fused_linear_cross_entropy"):
+        raise Skip(f"Liger-Kernel has no {op}")
     try:
-        from liger_kernel.transformers import functional as liger
+        import liger_kernel.transformers as liger
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
     except ImportError as err:
         raise Skip(f"liger_kernel is not importable ({err}); pip install liger-kernel") from None
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out  # some releases add the z-loss
+
     if op == "layer_norm":
         def layer_norm(x, weight, bias, eps=1e-5):
-            return liger.liger_layer_norm(x, weight, bias, eps)
+            return LigerLayerNormFunction.apply(x, weight, bias, eps)
         return layer_norm
     if op == "cross_entropy":
         def cross_entropy(logits, target, ignore_index=-100, reduction="mean"):
-            out = liger.liger_cross_entropy(logits, target, ignore_index=ignore_index,
-                                            reduction=reduction)
-            return out[0] if isinstance(out, tuple) else out  # some versions add the z-loss
+            loss = liger.LigerCrossEntropyLoss(ignore_index=ignore_index, reduction=reduction)
+            return first(loss(logits, target))
         return cross_entropy
-    if op == "fused_linear_cross_entropy":
-        def flce(x, weight, target, bias=None, ignore_index=-100, reduction="mean"):
-            out = liger.liger_fused_linear_cross_entropy(x, weight, target, bias,
-                                                         ignore_index=ignore_index,
-                                                         reduction=reduction)
-            return out[0] if isinstance(out, tuple) else out
-        return flce
-    raise Skip(f"Liger-Kernel has no {op}")
+
+    def flce(x, weight, target, bias=None, ignore_index=-100, reduction="mean"):
+        loss = liger.LigerFusedLinearCrossEntropyLoss(ignore_index=ignore_index,
+                                                      reduction=reduction)
+        return first(loss(weight, x, target, bias))
+    return flce
 
 
 def providers_for(op):
