@@ -210,3 +210,18 @@ def test_tests_counted_from_the_progress_log_when_junit_is_missing(tmp_path):
     count, note = gpu_check.measured("tests", tmp_path)
     assert count == 2 and "1 passed, 1 failed" in note and "no junit" in note
     assert gpu_check.measured("tests", tmp_path / "nothing")[0] is None
+
+
+def test_gpu_plan_counts_compiles_from_the_launches():
+    """bench.gpu_plan on a stand-in sm_90 (no GPU): LayerNorm's launches are plain kernels
+    (no autotuning), attention's are autotuned over several configs per launch."""
+    code = ("from bench import gpu_plan\n"
+            "print([gpu_plan.count([gpu_plan._layer_norm(8192, 768)]),"
+            " gpu_plan.count([gpu_plan._attention(16, 12, 1024, 64)])])\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ln_compiles, ln_tuned), (att_compiles, att_tuned) = eval(proc.stdout.strip().splitlines()[-1])
+    assert ln_compiles >= 2 and ln_tuned == 0  # forward and backward kernels, fixed configs
+    assert att_compiles > 4 and att_tuned >= att_compiles - 2  # fwd, dK/dV, dQ: each a choice
