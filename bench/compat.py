@@ -3,7 +3,7 @@
     make compat                                        # that is: python -m bench.compat
     python -m bench.compat --versions=3.2.0,3.6.0,3.9.0
     python -m bench.compat --subset=full               # the full compile report per version
-    python -m bench.compat --versions=none --pythons=/path/to/venv312/bin/python
+    python -m bench.compat --versions=none --pythons=/work/venv312/bin/python --targets=sm_90
 
 Each version is installed on its own, next to nothing else, with
 ``pip install --no-deps --target <dir> triton==X`` (Triton does not depend on torch, and
