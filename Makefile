@@ -40,12 +40,19 @@ benchmark: install-test
 compile-report: install
 	$(PYTHON) -m bench.compile_report $(ARGS)
 
-# The compile check with the oldest supported Triton (pyproject.toml) and the newest tested,
-# each installed alone with pip --target under ~/.cache/gpt-triton/compat
+# The compile check with the oldest supported Triton (pyproject.toml), the GPU image's (3.6)
+# and the newest tested, each installed alone with pip --target under ~/.cache/gpt-triton/compat;
+# COMPAT_PYTHONS=/path/to/python,... also checks whole other environments as they are (e.g. a
+# twin of the GPU image: torch 2.11, Triton 3.6, numpy 2.5), interpreter included
+COMPAT_PYTHONS ?=
 compat: install
-	$(PYTHON) -m bench.compat $(ARGS)
+	$(PYTHON) -m bench.compat --pythons=$(COMPAT_PYTHONS) $(ARGS)
 
-# On a machine with an NVIDIA GPU: GPU tests, kernel and training benchmarks, memory meter,
-# report and the results block of docs/results.md (refuses without a GPU)
-gpu-check: install-test
-	$(PYTHON) -m bench.gpu_check $(ARGS)
+# On a machine with an NVIDIA GPU, inside a time budget (docs/gpu.md): GPU tests, training
+# step, attention and kernel benchmarks, report (all into OUT, nothing else written). Installs only what is missing:
+# a CUDA image with torch, triton, numpy, pytest, matplotlib runs it from a plain checkout.
+OUT ?= gpu-check-out
+BUDGET ?= 480
+gpu-check:
+	@$(PYTHON) -c "import torch, triton, numpy, pytest, matplotlib" 2>/dev/null || $(MAKE) install-test
+	$(PYTHON) -m bench.gpu_check --budget_s=$(BUDGET) --out_dir=$(OUT) $(ARGS)

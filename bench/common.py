@@ -82,7 +82,12 @@ def device_slug(device):
 
 
 def git_commit():
-    """(commit hash, dirty?) of the working tree; (None, None) outside a git checkout."""
+    """(commit hash, dirty?) of the working tree; (None, None) outside a git checkout.
+
+    ``GPT_GIT_COMMIT`` in the environment wins (dirty then None): a copy of a working tree
+    can carry a stale ``.git`` whose HEAD is not the tree's commit (seen on a GPU machine)."""
+    if os.environ.get("GPT_GIT_COMMIT"):
+        return os.environ["GPT_GIT_COMMIT"].strip(), None
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=30)
@@ -123,6 +128,7 @@ def metadata(device, smoke):
         "date": date.today().isoformat(),
         "versions": versions(),
         "commit": commit,
+        "commit_from": "GPT_GIT_COMMIT" if os.environ.get("GPT_GIT_COMMIT") else "git HEAD",
         "dirty": dirty,
         "host": host_description(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
@@ -279,7 +285,7 @@ def replace_block(text, block, start, end):
     return f"{head}{start}\n{block.strip()}\n{end}{tail}"
 
 
-def cpu_peak_bytes(step):
+def cpu_peak_bytes(step, op_scratch=True):
     """Peak live bytes of torch's CPU allocations during step(), relative to its start, from
     the profiler's records.
 
@@ -288,21 +294,38 @@ def cpu_peak_bytes(step):
     maximum the peak. The records are read from the raw event tree (a private but long-lived
     torch API): the summary events charge a free to the op that encloses it, out of time order.
     No Python stacks are recorded: with the interpreter they would cost minutes.
+
+    ``op_scratch=False`` leaves out ops' scratch: memory an op's own kernel allocates and
+    frees before the op returns, not through an op below it (oneDNN's workspace inside a
+    bfloat16 ``aten::mm`` on the CPU, the CPU's counterpart of the cuBLAS workspace). A
+    dispatch mode sees an op's outputs, never that, so it is what to compare a
+    dispatch-mode meter against.
     """
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    records, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    records, scratch = [], set()
+    todo = list(prof.profiler.kineto_results.experimental_event_tree())
     while todo:
         node = todo.pop()
         todo.extend(node.children)
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            records.append((node.start_time_ns, node.extra_fields.alloc_size))
+            f = node.extra_fields
+            records.append((node.start_time_ns, f.alloc_size, f.ptr))
+        elif not op_scratch and node.tag == _EventType.TorchOp:
+            allocs = [(c.start_time_ns, c.extra_fields.alloc_size, c.extra_fields.ptr)
+                      for c in node.children if c.tag == _EventType.Allocation]
+            freed = {ptr for _, size, ptr in allocs if size < 0}
+            made = {ptr for _, size, ptr in allocs if size > 0}
+            # an allocation both made and freed by this op itself (not by an op below it)
+            scratch |= {a for a in allocs if a[2] in made & freed}
     live = peak = 0
-    for _, size in sorted(records):
-        live += size
+    for record in sorted(records):
+        if record in scratch:
+            continue
+        live += record[1]
         peak = max(peak, live)
     return peak
 

@@ -3,6 +3,7 @@
     make compat                                        # that is: python -m bench.compat
     python -m bench.compat --versions=3.2.0,3.6.0,3.9.0
     python -m bench.compat --subset=full               # the full compile report per version
+    python -m bench.compat --versions=none --pythons=/work/venv312/bin/python --targets=sm_90
 
 Each version is installed on its own, next to nothing else, with
 ``pip install --no-deps --target <dir> triton==X`` (Triton does not depend on torch, and
@@ -12,8 +13,14 @@ directory first on ``sys.path`` (``PYTHONPATH``), so the kernels are compiled by
 Triton for sm_80 and sm_90, every dtype, every config the autotuners offer. A version
 passes when every config compiles, spills nothing and fits in shared memory.
 
-The floor is the ``triton>=`` bound in ``pyproject.toml``; the newest is ``NEWEST``, the
-latest release this project was checked with. Exits with status 1 if any version fails.
+The floor is the ``triton>=`` bound in ``pyproject.toml``; ``IMAGE`` is the Triton of the GPU
+image ``bench.gpu_check`` is run on (torch 2.11, CUDA 13); the newest is ``NEWEST``, the
+latest release this project was checked with.
+
+``--pythons``: other whole environments (a Python with its own torch, Triton and numpy, e.g.
+a twin of a GPU image), each checked as it is, installing nothing: the compile report with its
+Triton, then a few kernel tests in its Triton interpreter (``TRITON_INTERPRET=1``), which is
+where numpy and interpreter versions clash. Exits with status 1 if any check fails.
 """
 
 import json
@@ -29,6 +36,11 @@ from gpt.cli import Opt, UsageError, parse, run_main
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROG = "python -m bench.compat"
 NEWEST = "3.9.0"  # the newest Triton release checked; raise it after `make compat` passes
+IMAGE = "3.6.0"  # the GPU image's Triton (torch 2.11): bench.gpu_check runs there
+# the interpreter check of --pythons: a few kernel tests of each kind (forward, backward,
+# attention), seconds in the interpreter
+INTERPRETER_TESTS = ["tests/test_layer_norm.py", "tests/test_attention.py", "-k",
+                     "matches_torch_functional or constant_rows or test_head_dim_128"]
 
 
 def floor_version(pyproject=REPO_ROOT / "pyproject.toml"):
@@ -42,8 +54,10 @@ def floor_version(pyproject=REPO_ROOT / "pyproject.toml"):
 
 OPTIONS = {
     "what": dict(
-        versions=Opt("", f"comma-separated Triton versions; default: the floor in pyproject.toml "
-                         f"and {NEWEST}"),
+        versions=Opt("", f"comma-separated Triton versions, or none; default: the floor in "
+                         f"pyproject.toml, {IMAGE} and {NEWEST}"),
+        pythons=Opt("", "comma-separated Python executables of other environments to check "
+                        "as they are (their own torch, Triton, numpy)"),
         subset=Opt("ci", "compile_report subset: ci (GPT-2 small's shapes) or full",
                    choices=("ci", "full")),
         targets=Opt("sm_80,sm_90", "compile_report targets"),
@@ -93,9 +107,45 @@ def check_version(version, cfg, out):
     return rec
 
 
+def check_python(python, cfg, out):
+    """The compile report and the interpreter tests in another environment; a summary dict."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    probe = subprocess.run([python, "-c", "import sys, torch, triton, numpy; print("
+                            "sys.version.split()[0], torch.__version__, triton.__version__, "
+                            "numpy.__version__)"], env=env, capture_output=True, text=True)
+    if probe.returncode != 0:
+        return dict(version=python, returncode=probe.returncode, seconds=0.0,
+                    error=probe.stderr.strip().splitlines()[-1:])
+    py, torch_v, triton_v, numpy_v = probe.stdout.split()
+    label = f"{triton_v} (python {py}, torch {torch_v}, numpy {numpy_v})"
+    cmd = [python, "-m", "bench.compile_report", f"--subset={cfg['subset']}",
+           f"--targets={cfg['targets']}", f"--workers={cfg['workers']}",
+           f"--cache={cfg['cache']}", f"--out={out}"]
+    print(f"\n==> {label}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
+    rec = dict(version=label, returncode=rc)
+    if Path(out).exists():
+        rec.update(json.loads(Path(out).read_text())["totals"])
+    tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *INTERPRETER_TESTS]
+    print(f"\n==> {label}, interpreter: TRITON_INTERPRET=1 {' '.join(tests[1:])}", flush=True)
+    rc = subprocess.run(tests, cwd=REPO_ROOT, env=dict(env, TRITON_INTERPRET="1")).returncode
+    rec["interpreter"] = "pass" if rc == 0 else "FAIL"
+    rec["returncode"] = rec["returncode"] or rc
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
 def run(cfg):
     versions = [v.strip() for v in cfg["versions"].split(",") if v.strip()] or \
-        [floor_version(), NEWEST]
+        [floor_version(), IMAGE, NEWEST]
+    if versions == ["none"]:
+        versions = []
+    pythons = [p.strip() for p in cfg["pythons"].split(",") if p.strip()]
+    missing = [p for p in pythons if not os.access(p, os.X_OK)]
+    if missing:
+        raise UsageError(f"--pythons: not an executable: {', '.join(missing)}")
     bad = [v for v in versions if not re.fullmatch(r"\d+\.\d+(\.\d+)?", v)]
     if bad:
         raise UsageError(f"--versions must be release numbers like 3.2.0; got {', '.join(bad)}")
@@ -106,12 +156,15 @@ def run(cfg):
     suffix = "" if cfg["subset"] == "full" else f"-{cfg['subset']}"
     results = [check_version(v, cfg, out_dir / f"compile-{v}-{date.today()}{suffix}.json")
                for v in versions]
-    print("\n| triton | result | compiles | failed | spill | over smem | seconds |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    results += [check_python(p, cfg, out_dir / f"compile-python{i}-{date.today()}{suffix}.json")
+                for i, p in enumerate(pythons)]
+    print("\n| triton | result | compiles | failed | spill | over smem | interpreter | seconds |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in results:
         verdict = "pass" if r["returncode"] == 0 else "FAIL"
         print(f"| {r['version']} | {verdict} | {r.get('compiles', '-')} | {r.get('failed', '-')} "
-              f"| {r.get('spilling', '-')} | {r.get('over_smem', '-')} | {r['seconds']:.0f} |")
+              f"| {r.get('spilling', '-')} | {r.get('over_smem', '-')} "
+              f"| {r.get('interpreter', '-')} | {r['seconds']:.0f} |")
     if any(r["returncode"] for r in results):
         raise SystemExit(1)
     return results

@@ -10,10 +10,17 @@ Providers (a provider that is missing or fails is recorded as skipped, with the 
 - ``triton``: the op forced to Triton, ``gpt_kernels.<op>(..., backend="triton")``;
 - ``torch``: the plain-PyTorch reference, ``gpt_kernels.reference.<op>`` (eager);
 - ``compile``: ``torch.compile`` of that same reference code;
+- ``liger``: Liger-Kernel's version of the op (its loss modules and LayerNorm function) when
+  ``liger_kernel`` is importable (never required; linear+GELU and attention have none);
 - attention only: ``naive`` (nanoGPT's eager attention in the input dtype: QK^T, mask,
   softmax, @V), ``sdpa`` (``scaled_dot_product_attention``, PyTorch's own choice of backend)
   and ``sdpa-flash`` / ``sdpa-efficient`` / ``sdpa-cudnn`` (one backend forced with
   ``torch.nn.attention.sdpa_kernel``).
+
+Results are rewritten (atomically) after every measurement, so a run stopped at any moment
+keeps what it finished; a run replaces only the measurements of the kernels it runs, so
+``--ops=flash_attention`` then ``--ops=layer_norm`` leaves both in the file. With
+``--budget_s`` the shapes not started in time are recorded as not run.
 
 Modes: ``fwd`` is the training forward (inputs require grad, so whatever backward needs is
 saved); ``bwd`` is ``out.backward(grad, retain_graph=True)`` on a graph built once; ``fwd+bwd``
@@ -33,10 +40,12 @@ summarises them.
 """
 
 import functools
+import json
 import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,17 +59,20 @@ OPTIONS = {
     "what": dict(
         ops=Opt("all", "comma-separated kernels (flash_attention, layer_norm, linear_gelu, "
                 "cross_entropy, fused_linear_cross_entropy), or all"),
-        providers=Opt("all", "comma-separated (triton, torch, compile, naive, sdpa, sdpa-flash, "
-                      "sdpa-efficient, sdpa-cudnn), or all"),
+        providers=Opt("all", "comma-separated (triton, torch, compile, liger, naive, sdpa, "
+                      "sdpa-flash, sdpa-efficient, sdpa-cudnn), or all"),
         modes=Opt("fwd,bwd,fwd+bwd", "comma-separated of fwd, bwd, fwd+bwd"),
         dtypes=Opt("", "comma-separated of bfloat16, float16, float32; empty: each kernel's own"),
         compile=Opt(True, "include the torch.compile provider (slow to compile on a CPU)"),
         quick=Opt(False, "fewer shapes"),
+        head_dims=Opt("64,128", "attention head dims (GPT-2's heads are all 64 wide)"),
     ),
     "timing": dict(
         warmup=Opt(25, "do_bench warm-up, ms", ge=0),
         rep=Opt(100, "do_bench repetition time, ms", gt=0),
         smoke=Opt(False, "CPU, tiny sizes, every path once: checks the code, times nothing"),
+        budget_s=Opt(0.0, "start no new shape after this many seconds (0: no limit); the "
+                     "shapes left are recorded as not run", ge=0),
     ),
     "output": dict(
         out=Opt("", "results JSON; empty: bench/results/<device>-<date>.json"),
@@ -71,7 +83,7 @@ DEFAULTS = defaults(OPTIONS)
 MODES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("flash_attention", "layer_norm", "linear_gelu", "cross_entropy",
        "fused_linear_cross_entropy")
-COMMON_PROVIDERS = ("triton", "torch", "compile")
+COMMON_PROVIDERS = ("triton", "torch", "compile", "liger")
 ATTENTION_PROVIDERS = ("naive", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # float32 where it matters: the residual stream LayerNorm reads is float32 under autocast, and
@@ -201,7 +213,7 @@ def flce_case(N, C, V, dtype, size=""):
                 f"N={N} C={C} V={V}", size, make, work)
 
 
-def build_cases(ops, dtypes_override, smoke, quick):
+def build_cases(ops, dtypes_override, smoke, quick, head_dims=HEAD_DIMS):
     """Every (kernel, shape, dtype) to run, shapes from the presets (tiny ones in smoke)."""
     cases = []
     for op in ops:
@@ -223,7 +235,7 @@ def build_cases(ops, dtypes_override, smoke, quick):
             if op == "flash_attention":
                 seq_lens = SEQ_LENS[::2] if quick else SEQ_LENS
                 for size in sizes:
-                    for D in HEAD_DIMS:
+                    for D in head_dims:
                         if HIDDEN[size] % D:
                             continue  # e.g. GPT-2 XL's 1600 has no 128-wide heads
                         for T in seq_lens:
@@ -279,6 +291,38 @@ def _sdpa_backend(name):
     return getattr(SDPBackend, attr)
 
 
+def liger_op(op):
+    """Liger-Kernel's version of ``op`` with our reference's signature, through its loss
+    modules and its LayerNorm function (the APIs that kept their signatures across releases);
+    Skip when ``liger_kernel`` is not importable or has no such op."""
+    if op not in ("layer_norm", "cross_entropy", "fused_linear_cross_entropy"):
+        raise Skip(f"Liger-Kernel has no {op}")
+    try:
+        import liger_kernel.transformers as liger
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+    except ImportError as err:
+        raise Skip(f"liger_kernel is not importable ({err}); pip install liger-kernel") from None
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out  # some releases add the z-loss
+
+    if op == "layer_norm":
+        def layer_norm(x, weight, bias, eps=1e-5):
+            return LigerLayerNormFunction.apply(x, weight, bias, eps)
+        return layer_norm
+    if op == "cross_entropy":
+        def cross_entropy(logits, target, ignore_index=-100, reduction="mean"):
+            loss = liger.LigerCrossEntropyLoss(ignore_index=ignore_index, reduction=reduction)
+            return first(loss(logits, target))
+        return cross_entropy
+
+    def flce(x, weight, target, bias=None, ignore_index=-100, reduction="mean"):
+        loss = liger.LigerFusedLinearCrossEntropyLoss(ignore_index=ignore_index,
+                                                      reduction=reduction)
+        return first(loss(weight, x, target, bias))
+    return flce
+
+
 def providers_for(op):
     return COMMON_PROVIDERS + (ATTENTION_PROVIDERS if op == "flash_attention" else ())
 
@@ -298,6 +342,8 @@ def make_provider(name, op, device):
     if name == "compile":
         torch._dynamo.reset()  # a fresh cache: no recompile limit, no stale graphs
         return torch.compile(getattr(gpt_kernels.reference, op), dynamic=False)
+    if name == "liger":
+        return liger_op(op)
     if name == "naive":
         return naive_attention
     if name == "sdpa":
@@ -407,6 +453,8 @@ def run(cfg):
     modes = _split(cfg["modes"], MODES, "modes")
     dtypes = _split(cfg["dtypes"], tuple(DTYPES), "dtypes") if cfg["dtypes"] else ()
     wanted = _split(cfg["providers"], COMMON_PROVIDERS + ATTENTION_PROVIDERS, "providers")
+    head_dims = tuple(int(d) for d in _split(cfg["head_dims"], ("16", "32", "64", "128"),
+                                             "head_dims"))
     device = common.check_can_time(smoke, "kernel benchmarks")
     if not cfg["compile"]:
         wanted = tuple(p for p in wanted if p != "compile")
@@ -418,13 +466,27 @@ def run(cfg):
     if donated is not None:
         functorch_config.donated_buffer = False
     try:
-        return _run(cfg, smoke, device, ops, modes, dtypes, wanted)
+        return _run(cfg, smoke, device, ops, modes, dtypes, wanted, head_dims)
     finally:
         if donated is not None:
             functorch_config.donated_buffer = donated
 
 
-def _run(cfg, smoke, device, ops, modes, dtypes, wanted):
+def _others(path, meta, ops):
+    """The measurements already in the results file at ``path`` of kernels this run does not
+    run (kept), or [] when the file is another device's or smoke-ness's."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    if doc.get("device") != meta["device"] or doc.get("smoke") != meta["smoke"]:
+        return []
+    return [r for r in (doc.get("kernels") or {}).get("measurements", [])
+            if r.get("kernel") not in ops]
+
+
+def _run(cfg, smoke, device, ops, modes, dtypes, wanted, head_dims):
+    t_start = time.perf_counter()
     meta = common.metadata(device, smoke)
     common.log(f"kernel benchmarks on {meta['device']} ({meta['host']}), torch "
                f"{meta['versions']['torch']}, triton {meta['versions']['triton']}"
@@ -433,9 +495,32 @@ def _run(cfg, smoke, device, ops, modes, dtypes, wanted):
     common.log(f"ceilings: copy {ceilings['copy_gbps']:.0f} GB/s (read + write), "
                f"{ceilings['matmul_dtype']} matmul {ceilings['matmul_tflops']:.1f} TFLOP/s")
 
-    cases = build_cases(ops, dtypes, smoke, cfg["quick"])
+    out = cfg["out"] or common.default_results_path(meta)
+    kept = _others(out, meta, ops)
+    cases = build_cases(ops, dtypes, smoke, cfg["quick"], head_dims)
     records, t0 = [], time.perf_counter()
-    for case in cases:
+
+    def save(done):
+        payload = dict(
+            config={k: v for k, v in cfg.items() if k != "out"},
+            seconds=time.perf_counter() - t0, complete=done,
+            providers={op: [p for p in providers_for(op) if p in wanted] for op in ops},
+            compile_skipped=None if cfg["compile"] else "torch.compile provider left out (--compile=False)",
+            measurements=kept + records,
+        )
+        return common.write_results(out, meta, "kernels", payload, ceilings)
+
+    path = save(False)
+    for i, case in enumerate(cases):
+        if cfg["budget_s"] and time.perf_counter() - t_start > cfg["budget_s"]:
+            reason = f"not run: --budget_s={cfg['budget_s']:g} ran out"
+            for late in cases[i:]:
+                records += [dict(kernel=late.op, provider=p, dtype=late.dtype, shape=late.shape,
+                                 label=late.label, size=late.size, mode=m, skipped=True,
+                                 reason=reason)
+                            for p in providers_for(late.op) if p in wanted for m in modes]
+            common.log(f"{len(cases) - i} of {len(cases)} shapes {reason}")
+            break
         torch.manual_seed(0)
         args, kwargs = case.make(device)
         for provider in providers_for(case.op):
@@ -445,18 +530,11 @@ def _run(cfg, smoke, device, ops, modes, dtypes, wanted):
                                         ceilings, cfg, smoke):
                 records.append(rec)
                 common.log(_fmt(rec, smoke))
+            path = save(False)  # a run stopped now keeps every finished measurement
         del args, kwargs
         common.free_memory(device)
 
-    payload = dict(
-        config={k: v for k, v in cfg.items() if k != "out"},
-        seconds=time.perf_counter() - t0,
-        providers={op: [p for p in providers_for(op) if p in wanted] for op in ops},
-        compile_skipped=None if cfg["compile"] else "torch.compile provider left out (--compile=False)",
-        measurements=records,
-    )
-    out = cfg["out"] or common.default_results_path(meta)
-    path = common.write_results(out, meta, "kernels", payload, ceilings)
+    path = save(True)
     n_skip = sum(r["skipped"] for r in records)
     common.log(f"{len(records)} measurements ({n_skip} skipped) written to {path}"
                + ("" if smoke else "; summarise with: python -m bench.report"))

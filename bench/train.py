@@ -10,7 +10,12 @@ Paths, all with the same micro-batch (``--batch_size``):
 - ``triton``: ``GPT(kernels="triton")``, every hot op a Triton kernel;
 - ``torch``: ``GPT(kernels="torch")``, the plain-PyTorch reference ops in eager mode (the
   JSON notes which attention that is);
-- ``compile``: ``torch.compile`` of the torch path.
+- ``compile``: ``torch.compile`` of the torch path;
+- ``compile-triton``: ``torch.compile`` of the Triton path (the kernels are ``torch.library``
+  ops, so the graph has no break around them).
+
+The results file is rewritten after every path, so a run stopped halfway keeps the paths it
+finished.
 
 The model is GPT-2 small (``PRESETS["gpt2"]``: 12 layers, 12 heads, 768 wide, with biases)
 with the padded vocabulary of 50304 and T=1024, no dropout. A step is what ``train.py`` does:
@@ -56,7 +61,8 @@ from gpt.model import PRESETS, GPT, GPTConfig
 PROG = "python -m bench.train"
 OPTIONS = {
     "model": dict(
-        paths=Opt("triton,torch,compile", "comma-separated of triton, torch, compile"),
+        paths=Opt("triton,torch,compile,compile-triton",
+                  "comma-separated of triton, torch, compile, compile-triton"),
         preset=Opt("gpt2", "model size (a gpt.model preset: gpt2, gpt2-medium, ...)"),
         block_size=Opt(1024, "sequence length", ge=1),
         batch_size=Opt(12, "the micro-batch every path runs (nanoGPT's GPT-2 recipe: 12)",
@@ -87,6 +93,7 @@ PATHS = {  # name -> (GPTConfig.kernels, torch.compile?)
     "triton": ("triton", False),
     "torch": ("torch", False),
     "compile": ("torch", True),
+    "compile-triton": ("triton", True),
 }
 VOCAB = GPTConfig().vocab_size  # 50304
 NEEDS_INTERPRETER = "Triton on the CPU needs TRITON_INTERPRET=1 (set before start)"
@@ -344,10 +351,24 @@ def run(cfg):
         torch.backends.cudnn.allow_tf32 = True
 
     n_params = GPT(GPTConfig(**mcfg, kernels="torch")).num_params()
+    out = cfg["out"] or common.default_results_path(meta)
     results = []
+
+    def save(ttq=None, done=False):
+        payload = dict(
+            config={k: v for k, v in cfg.items() if k != "out"}, complete=done,
+            model=mcfg, n_params=n_params, dtype="float32" if smoke else "bfloat16",
+            optimizer="AdamW(fused on CUDA), weight decay 0.1, grad clip 1.0",
+            torch_attention=torch_attention_note(),
+            paths=results, time_to_quality=ttq,
+            time_to_quality_skipped=None if cfg["time_to_quality"] else "not run (--time_to_quality=False)",
+        )
+        return common.write_results(out, meta, "train", payload, ceilings)
+
+    save()
     for path in paths:
         common.log(f"path {path}: micro-batch {cfg['batch_size']} x {mcfg['block_size']} tokens")
-        if smoke and path == "triton" and not os.environ.get("TRITON_INTERPRET") == "1":
+        if smoke and PATHS[path][0] == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
             results.append(dict(path=path, skipped=True, reason=NEEDS_INTERPRETER))
             common.log(f"  skipped: {results[-1]['reason']}")
             continue
@@ -357,6 +378,7 @@ def run(cfg):
             rec = dict(path=path, skipped=True, reason=common.failure_reason(err))
             common.free_memory(device)
         results.append(rec)
+        save()  # a run stopped now keeps every finished path
         if rec["skipped"]:
             common.log(f"  skipped: {rec['reason']}")
         elif smoke:
@@ -375,7 +397,7 @@ def run(cfg):
         try:
             for path in paths:
                 common.log(f"time to quality, path {path}: {RECIPE.name} on {cfg['data']}")
-                if smoke and path == "triton" and not os.environ.get("TRITON_INTERPRET") == "1":
+                if smoke and PATHS[path][0] == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
                     ttq.append(dict(path=path, skipped=True, reason=NEEDS_INTERPRETER))
                     continue
                 try:
@@ -383,6 +405,7 @@ def run(cfg):
                 except Exception as err:  # noqa: BLE001
                     rec = dict(path=path, skipped=True, reason=common.failure_reason(err))
                 ttq.append(rec)
+                save(ttq)
                 common.log(f"  {rec}" if rec["skipped"] or smoke else
                            f"  val loss <= {rec['target_loss']}: "
                            + (f"{rec['seconds']:.0f} s (iteration {rec['iter']})" if rec["reached"]
@@ -391,16 +414,7 @@ def run(cfg):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    payload = dict(
-        config={k: v for k, v in cfg.items() if k != "out"},
-        model=mcfg, n_params=n_params, dtype="float32" if smoke else "bfloat16",
-        optimizer="AdamW(fused on CUDA), weight decay 0.1, grad clip 1.0",
-        torch_attention=torch_attention_note(),
-        paths=results, time_to_quality=ttq,
-        time_to_quality_skipped=None if cfg["time_to_quality"] else "not run (--time_to_quality=False)",
-    )
-    out = cfg["out"] or common.default_results_path(meta)
-    path = common.write_results(out, meta, "train", payload, ceilings)
+    path = save(ttq, done=True)
     common.log(f"written to {path}" + ("" if smoke else "; summarise with: python -m bench.report"))
     return path
 

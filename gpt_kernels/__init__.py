@@ -57,6 +57,12 @@ except ModuleNotFoundError as err:
     TRITON_MISSING = str(err)
 
 if TRITON_MISSING is None:
+    import os
+
+    from gpt_kernels._compat import patch_interpreter
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        patch_interpreter()  # Triton 3.6's interpreter with numpy >= 2.4
     from gpt_kernels.attention import flash_attention
     from gpt_kernels.cross_entropy import cross_entropy
     from gpt_kernels.fused_linear_cross_entropy import fused_linear_cross_entropy

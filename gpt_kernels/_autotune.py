@@ -12,9 +12,15 @@ device allows one program (99 KB on an RTX 3090/4090, 163 KB on an A100, 227 KB 
 so nothing is compiled only to fail with OutOfResources. The estimate is an upper bound of
 what Triton allocates; the compile report checks that for every config it compiles.
 
+With ``GPT_KERNELS_AUTOTUNE=first`` in the environment the prune keeps only the first fitting
+config of the launch's table: one compile per launch instead of one per config, for
+correctness runs where the fastest config does not matter (``bench.gpu_check``'s tests).
+
 Under ``TRITON_INTERPRET=1`` the kernels offer one config and this never runs (the
 interpreter cannot benchmark, so the autotuner must not be given a choice).
 """
+
+import os
 
 import torch
 import triton
@@ -57,7 +63,16 @@ def autotune(configs, key, prune=None):
 
 
 def device_smem(device):
-    """Bytes of shared memory one program may use on CUDA ``device`` (the opt-in maximum)."""
+    """Bytes of shared memory one program may use on CUDA ``device`` (the opt-in maximum).
+
+    A non-CUDA device (the fake CPU tensors a trace or the memory meter may hand an
+    autotuner) means the current CUDA device; without CUDA it is a ValueError."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"shared memory per block is a property of a CUDA GPU; got a "
+                             f"tensor on {device} and no CUDA device is available")
+        device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
     limit = getattr(props, "shared_memory_per_block_optin", None)  # torch >= 2.6
     if limit is None:
@@ -108,9 +123,14 @@ class Prune:
         return self.tiles(config, named_args, kwargs) + SCRATCH
 
     def __call__(self, configs, named_args, **kwargs):
-        wanted = set(self.choose(named_args, kwargs))
-        chosen = [c for c in configs if tile_of(c, self.names) in wanted] or list(configs)
+        order = {}
+        for tile in self.choose(named_args, kwargs):
+            order.setdefault(tile, len(order))
+        chosen = sorted((c for c in configs if tile_of(c, self.names) in order),
+                        key=lambda c: order[tile_of(c, self.names)]) or list(configs)
         limit = device_smem(named_args[self.tensor].device)
         need = {id(c): self.smem(c, named_args, kwargs) for c in chosen}
         fitting = [c for c in chosen if need[id(c)] <= limit]
+        if fitting and os.environ.get("GPT_KERNELS_AUTOTUNE") == "first":
+            return fitting[:1]  # in the table's order
         return fitting or [min(chosen, key=lambda c: need[id(c)])]

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 
 __all__ = ["NAMESPACE", "INTERPRET", "USE_TRITON_OP", "BACKENDS", "LAUNCHERS", "define_op",
-           "launch", "recording", "use_triton", "env_backend"]
+           "launch", "recording", "plain_launches", "use_triton", "env_backend"]
 
 NAMESPACE = "gpt"
 BACKENDS = ("auto", "torch", "triton")
@@ -41,6 +41,8 @@ _ENV_VAR = "GPT_KERNELS"
 LAUNCHERS = {}
 # While not None (``recording``), a list that every launch is appended to instead of running
 _RECORDED = None
+# True inside ``plain_launches()``: launch() never goes through wrap_triton
+_PLAIN = False
 
 
 def _shape_only(values):
@@ -68,9 +70,23 @@ class _Launch:
 
 def launch(kernel):
     """How a launcher starts a Triton kernel: ``launch(_my_kernel)[grid](*args, **meta)``."""
-    if USE_TRITON_OP and _RECORDED is None:
+    if USE_TRITON_OP and _RECORDED is None and not _PLAIN:
         return torch.library.wrap_triton(kernel)
     return _Launch(kernel)
+
+
+@contextmanager
+def plain_launches():
+    """Within it, ``launch`` returns the plain launch (skipped on fake tensors) even where
+    ops are ``triton_op``s. The memory meter runs the launchers op by op under its own
+    dispatch mode, which has no rule for ``wrap_triton``'s higher-order op
+    (``triton_kernel_wrapper_mutation``), and on fake tensors no kernel needs to run."""
+    global _PLAIN
+    saved, _PLAIN = _PLAIN, True
+    try:
+        yield
+    finally:
+        _PLAIN = saved
 
 
 @contextmanager

@@ -78,6 +78,25 @@ def _tuning(tables, smem):
     return _autotune.Prune(("BLOCK_M", "BLOCK_N"), choose, smem, "Q")
 
 
+def _before_3_9(tables, changes):
+    """``tables`` with ``changes`` applied when this Triton is older than 3.9: {(head dim,
+    kind): {tile: None (left out) | "no dropout" | a replacement entry}}. Triton 3.6 (the GPU
+    image's, torch 2.11) spills a few tiles on sm_90 that 3.9 compiles cleanly (measured with
+    ``python -m bench.compile_report`` under each; see docs/gpu.md)."""
+    if _autotune._TRITON >= (3, 9):
+        return tables
+    out = {}
+    for key, tiles in tables.items():
+        fix, out[key] = changes.get(key, {}), []
+        for t in tiles:
+            change = fix.get(t[:4], t)
+            if change == "no dropout":
+                out[key].append((*t[:4], False))
+            elif change is not None:
+                out[key].append(change)
+    return out
+
+
 def _configs(tables, interpreted):
     """Every tile of ``tables`` as a triton.Config; under TRITON_INTERPRET=1 only
     ``interpreted`` (BLOCK_M, BLOCK_N): the interpreter cannot benchmark a choice."""
@@ -201,6 +220,11 @@ _FWD_TILES = {
 def _smem_fwd(cfg, nargs, kwargs):
     k, d = cfg.kwargs, kwargs["HEAD_DIM"]
     return (k["BLOCK_M"] + 2 * cfg.num_stages * k["BLOCK_N"]) * d * nargs["Q"].element_size()
+
+
+_FWD_TILES = _before_3_9(_FWD_TILES, {
+    (128, "ieee"): {(16, 32, 8, 2): None},  # 16 B spilled with Triton 3.6 on sm_90
+})
 
 
 @_autotune.autotune(configs=_configs(_FWD_TILES, (16, 32)),
@@ -394,6 +418,12 @@ def _smem_dkdv(cfg, nargs, kwargs):
     return tiles * nargs["Q"].element_size() + 2 * cfg.num_stages * k["BLOCK_M"] * 4
 
 
+_DKDV_TILES = _before_3_9(_DKDV_TILES, {
+    (128, "ieee"): {(16, 32, 8, 2): None},  # 12 B spilled with Triton 3.6 on sm_90
+    (64, "ieee"): {(32, 64, 8, 2): "no dropout"},  # 4 B with dropout, Triton 3.6 on sm_90
+})
+
+
 @_autotune.autotune(configs=_configs(_DKDV_TILES, (16, 32)),
                     key=["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT", "DOT_PRECISION"],
                     prune=_tuning(_DKDV_TILES, _smem_dkdv))
@@ -559,6 +589,12 @@ _DQ_TILES = {
 def _smem_dq(cfg, nargs, kwargs):
     k, d = cfg.kwargs, kwargs["HEAD_DIM"]
     return (2 * k["BLOCK_M"] + 2 * cfg.num_stages * k["BLOCK_N"]) * d * nargs["Q"].element_size()
+
+
+_DQ_TILES = _before_3_9(_DQ_TILES, {
+    # 8 B spilled in bf16 and fp16 with Triton 3.6 on sm_90; 32 keys a step compile cleanly
+    (128, "16"): {(16, 64, 4, 2): (16, 32, 4, 2, True)},
+})
 
 
 @_autotune.autotune(configs=_configs(_DQ_TILES, (32, 16)),

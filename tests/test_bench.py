@@ -412,3 +412,39 @@ def test_profile_smoke_groups_every_kernel(tmp_path):
     assert profile.group_of("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
     assert profile.group_of("void at::native::cunn_SoftMaxForward<4, float>") == "cross-entropy"
     assert profile.group_of("nvjet_sm90_tst_192x128_64x5") == "matmul"
+
+
+def test_kernels_keep_other_ops_and_record_what_the_budget_left_out(tmp_path):
+    """A run replaces only its own kernels' measurements (gpu_check runs attention, then the
+    other ops, into one file), and shapes not started within --budget_s are recorded as not
+    run, not silently dropped."""
+    if torch.cuda.is_available():
+        pytest.skip("smoke mode is the CPU check; this machine has a GPU")
+    out = tmp_path / "r.json"
+    bench_kernels.main(["--smoke=True", f"--out={out}", "--ops=layer_norm",
+                        "--providers=torch", "--modes=fwd"])
+    bench_kernels.main(["--smoke=True", f"--out={out}", "--ops=cross_entropy",
+                        "--providers=torch", "--modes=fwd", "--budget_s=0.000001"])
+    recs = json.loads(out.read_text())["kernels"]["measurements"]
+    ln = [r for r in recs if r["kernel"] == "layer_norm"]
+    ce = [r for r in recs if r["kernel"] == "cross_entropy"]
+    assert len(ln) == 1 and not ln[0]["skipped"]
+    assert ce and all(r["skipped"] and "--budget_s" in r["reason"] for r in ce)
+    assert json.loads(out.read_text())["kernels"]["complete"] is True
+
+
+def test_older_tritons_get_the_tiles_they_compile_cleanly(monkeypatch):
+    from gpt_kernels import _autotune
+    import importlib
+
+    attention = importlib.import_module("gpt_kernels.attention")
+    tables = {(128, "ieee"): [(16, 32, 4, 2, True), (16, 32, 8, 2, True)],
+              (64, "ieee"): [(32, 64, 8, 2, True)], (128, "16"): [(16, 64, 4, 2, True)]}
+    changes = {(128, "ieee"): {(16, 32, 8, 2): None}, (64, "ieee"): {(32, 64, 8, 2): "no dropout"},
+               (128, "16"): {(16, 64, 4, 2): (16, 32, 4, 2, True)}}
+    monkeypatch.setattr(_autotune, "_TRITON", (3, 9))
+    assert attention._before_3_9(tables, changes) is tables
+    monkeypatch.setattr(_autotune, "_TRITON", (3, 6))
+    assert attention._before_3_9(tables, changes) == {
+        (128, "ieee"): [(16, 32, 4, 2, True)], (64, "ieee"): [(32, 64, 8, 2, False)],
+        (128, "16"): [(16, 32, 4, 2, True)]}

@@ -127,3 +127,49 @@ def test_cli_writes_results(tmp_path):
         assert r["peak_bytes"] > 0 and r["largest_batch"] >= 1
     assert "| triton | none |" in done.stdout and "| triton / this |" in done.stdout
     assert all("triton_peak_ratio" in r for r in result["paths"] if r["path"] != "triton")
+
+
+_CUDA_REGISTRATION = """
+import json, sys, torch
+real = torch.cuda.is_available
+torch.cuda.is_available = lambda: True  # at import only: ops become triton_ops, launches wrap_triton
+import gpt_kernels
+torch.cuda.is_available = real
+from gpt_kernels import _library
+assert _library.USE_TRITON_OP and not _library.INTERPRET
+from bench import memory
+from gpt.model import GPTConfig
+cfg = GPTConfig(**json.loads(sys.argv[1]))
+print(json.dumps([memory.meter_step(cfg, "triton", 2, 64, dt)["peak_bytes"]
+                  for dt in (torch.float32, torch.bfloat16)]))
+"""
+
+
+def test_meter_on_the_cuda_registration_path():
+    """On a CUDA machine the ops are ``triton_op``s whose launches go through ``wrap_triton``;
+    forced here as far as a CPU allows (the registration and the launches, not the kernels),
+    the meter runs and gives the bytes of the CPU registration path."""
+    import os
+
+    cfg = dict(n_layer=2, n_head=2, n_embd=64, vocab_size=500, block_size=64, bias=True)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _CUDA_REGISTRATION, json.dumps(cfg)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    forced = json.loads(proc.stdout.strip().splitlines()[-1])
+    here = [memory.meter_step(GPTConfig(**cfg), "triton", 2, 64, dt)["peak_bytes"]
+            for dt in (torch.float32, torch.bfloat16)]
+    assert forced == here
+
+
+def test_device_smem_of_a_non_cuda_tensor(monkeypatch):
+    from gpt_kernels import _autotune
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            _autotune.device_smem(torch.device("cpu"))
+    props = SimpleNamespace(shared_memory_per_block_optin=232448)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert _autotune.device_smem(torch.device("cpu")) == 232448
