@@ -87,7 +87,15 @@ class LayerNorm(nn.Module):
         self.backend = backend
 
     def forward(self, x):
-        return gpt_kernels.layer_norm(x, self.weight, self.bias, 1e-5, backend=self.backend)
+        """y = layer_norm(x), in the autocast dtype under autocast (the next matmul's), else
+        x's dtype."""
+        return self.add_forward(x, None)[1]
+
+    def add_forward(self, x, branch):
+        """(s, y): the residual add s = x + branch (x's dtype) and y = layer_norm(s), one fused
+        op (gpt_kernels.add_layer_norm); branch None normalises x."""
+        return gpt_kernels.add_layer_norm(x, branch, self.weight, self.bias, 1e-5,
+                                          backend=self.backend)
 
 
 class CausalSelfAttention(nn.Module):
@@ -143,9 +151,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        # x = x + attn(ln_1(x)); the add and ln_2 are one op: one pass over the stream
+        x, h = self.ln_2.add_forward(x, self.attn(self.ln_1(x), kv_cache, layer))
+        return x + self.mlp(h)
 
 
 class GPT(nn.Module):

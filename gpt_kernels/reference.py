@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from gpt_kernels._validate import (
+    _floating,
+    _same_device,
     check_attention,
     check_cross_entropy,
     check_fused_linear_cross_entropy,
@@ -30,6 +32,7 @@ from gpt_kernels._validate import (
 __all__ = [
     "flash_attention",
     "layer_norm",
+    "add_layer_norm",
     "linear_gelu",
     "cross_entropy",
     "fused_linear_cross_entropy",
@@ -79,6 +82,41 @@ def layer_norm(x, weight, bias, eps=1e-5):
     y = F.layer_norm(x.to(dt), (x.shape[-1],), weight.to(dt),
                      None if bias is None else bias.to(dt), eps)
     return y.to(x.dtype)
+
+
+def check_add_layer_norm(x, branch, weight, bias, eps=1e-5, *, for_triton=False):
+    """x (..., C) and branch (x's shape, any floating dtype, or None) on one device; weight
+    and bias as for ``layer_norm``. (Kept here, next to its one user besides the kernel.)"""
+    check_layer_norm(x, weight, bias, eps, for_triton=for_triton)
+    if branch is not None:
+        _floating("branch", branch, for_triton)
+        if branch.shape != x.shape:
+            raise ValueError(f"branch must have x's shape {tuple(x.shape)}, "
+                             f"got {tuple(branch.shape)}")
+        _same_device("branch", branch, "x", x)
+
+
+def add_layer_norm_dtype(x):
+    """The dtype of add_layer_norm's y: the autocast dtype when autocast is on for x's
+    device (what the next matmul reads), else x's dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def add_layer_norm(x, branch, weight, bias, eps=1e-5):
+    """s = x + branch (in x's dtype, added in at least float32), y = layer_norm(s) -> (s, y).
+
+    ``branch`` None: s is x. y has the autocast dtype when autocast is on for x's device,
+    else x's dtype: what ``layer_norm`` followed by an autocast matmul computes, in one
+    call. The Triton op fuses the add, the normalisation and the cast into one pass.
+    """
+    check_add_layer_norm(x, branch, weight, bias, eps)
+    s = x
+    if branch is not None:
+        dt = torch.promote_types(torch.promote_types(x.dtype, branch.dtype), torch.float32)
+        s = (x.to(dt) + branch.to(dt)).to(x.dtype)
+    return s, layer_norm(s, weight, bias, eps).to(add_layer_norm_dtype(x))
 
 
 # gelu_tanh(h) = 0.5 h (1 + tanh(z)) = h * sigmoid(2 z), z = sqrt(2/pi) (h + 0.044715 h^3)
