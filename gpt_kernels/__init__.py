@@ -66,6 +66,7 @@ if TRITON_MISSING is None:
     from gpt_kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
     from gpt_kernels.layer_norm import layer_norm
     from gpt_kernels.linear_gelu import linear_gelu
+    from gpt_kernels.recompute import linear_after_norm, mlp_after_norm
 else:
     def _reference_only(ref):
         def op(*args, backend="auto", **kwargs):

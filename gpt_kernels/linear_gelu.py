@@ -18,17 +18,18 @@ E = M * N = 25.2 M elements of dy, h and dh):
     before: dh was formed in the prologue of every output tile of both matmuls, so each
             element of dh was recomputed once per column tile of dx (K / BLOCK_K = 6 with the
             128-wide tiles) and once per column tile of dW (6 again): 12 E = 302 M GELU
-            derivatives of ~30 float32 instructions each (counted in _gelu_grad below:
-            exp, reciprocal, ~12 multiply-adds, 2 conversions, the product with dy) =
-            ~9.1 G thread-instructions per layer, against a backward whose two matmuls are
-            4 M N K = 77 GFLOP (~0.1 ms of tensor-core time on an H100). DRAM bytes: each
-            kernel read dy and h (2 B each) at least once: 4 x 2 E = 201 MB; 2 launches.
-    after:  1 E = 25.2 M derivatives (~0.76 G thread-instructions, 12x fewer); bytes: the
+            derivatives. The compiled pass below spends 304 SASS instructions per thread on
+            8 elements (sm_80 and sm_90, bf16; loads, conversions and stores included), ~38
+            per element: ~11 G thread-instructions per layer (the review's estimate: ~9 G),
+            against a backward whose two matmuls are 4 M N K = 77 GFLOP (~0.1 ms of
+            tensor-core time on an H100). DRAM bytes: each kernel read dy and h (2 B each)
+            at least once: 4 x 2 E = 201 MB; 2 launches.
+    after:  1 E = 25.2 M derivatives, ~0.96 G thread-instructions (12x fewer); bytes: the
             pass reads dy and h and writes dh (3 x 2 E = 151 MB), the matmuls read dh
             (2 x 2 E = 101 MB): 252 MB, 3 launches. 50 MB more traffic (~15 us at 3.35 TB/s)
-            for 8.3 G fewer instructions (~ 8.3 G / (132 SMs x 128 lanes x 1.98 GHz) = 0.25 ms
-            of issue slots at full occupancy on an H100 SXM). The matmuls lose their float32
-            prologue tiles, the register pressure that forced short reduction tiles.
+            for ~10 G fewer instructions (~0.3 ms of issue slots on an H100 SXM's 132 SMs x
+            128 lanes at 1.98 GHz). The matmuls lose their float32 prologue tiles, the
+            register pressure that forced short reduction tiles.
     memory: dh is a (M, N) temporary of backward (50 MB at this shape), freed before the op
             returns.
 
@@ -51,7 +52,7 @@ from gpt_kernels._library import define_op, launch, use_triton
 from gpt_kernels._validate import check_linear_gelu
 
 __all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward", "linear_gelu_fwd",
-           "linear_gelu_bwd"]
+           "linear_gelu_bwd", "gelu_backward", "linear_backward", "gelu_bwd", "linear_bwd"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -104,8 +105,8 @@ _DX_TILES = {  # dX = dh @ W: BLOCK_N is the reduction, BLOCK_K the width of the
     ],
     "ieee": [
         (64, 32, 64, 4, 3),  # 232 regs
-        (64, 16, 64, 4, 3),  # 120 regs
         (32, 32, 64, 4, 3),  # 96 regs
+        # out since dh is read as stored: (64, 16, 64, 4, 3) spills 12 B on sm_90 (96 regs)
         # out: (128, 32, 128, 8, 3) spills 12 B on sm_80, (64, 64, 32, 4, 3) 200 B
     ],
 }
@@ -114,8 +115,8 @@ _DW_TILES = {  # dW = dh^T @ x: BLOCK_M (rows of x) is the reduction, dW tiles B
         (32, 128, 128, 8, 3),  # a 128 x 128 dW tile, 32 rows per step: 254 regs
         (32, 64, 128, 4, 3),  # 239 regs
         (32, 128, 64, 4, 3),  # 255 regs, no spill
-        (64, 64, 64, 4, 3),  # 190 regs
-        # (128, 128, 32, 8, 3) and (64, 128, 128, 8, 3) are gone: 1.4 / 1.5 KB spilled on sm_80
+        # (128, 128, 32, 8, 3) and (64, 128, 128, 8, 3) are gone: 1.4 / 1.5 KB spilled on sm_80;
+        # (64, 64, 64, 4, 3) since dh is read as stored: 12 B spilled on sm_80 (128 regs)
     ],
     "tf32": [
         (32, 128, 128, 8, 3),  # 255 regs, no spill; 116 KB on sm_90
@@ -264,7 +265,9 @@ def _gelu_bwd(
     DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
     H, stride_hm, stride_hn,  # (M, N) saved pre-activation
     DH,  # (M, N) dh = dy * gelu'(h) in the matmul operand dtype, contiguous
+    G,  # (M, N) gelu(h) recomputed, contiguous, written only when STORE_GELU
     M, N,
+    STORE_GELU: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -276,8 +279,12 @@ def _gelu_bwd(
                  other=0.0).to(tl.float32)
     h = tl.load(H + offs_m[:, None] * stride_hm + offs_n[None, :] * stride_hn, mask=mask,
                 other=0.0).to(tl.float32)
-    tl.store(DH + offs_m[:, None] * N + offs_n[None, :],
-             (dy * _gelu_grad(h)).to(DH.dtype.element_ty), mask=mask)
+    out = offs_m[:, None] * N + offs_n[None, :]
+    tl.store(DH + out, (dy * _gelu_grad(h)).to(DH.dtype.element_ty), mask=mask)
+    if STORE_GELU:
+        # the MLP's c_proj input, recomputed here from h instead of kept from the forward
+        g, _ = _gelu_parts(h)
+        tl.store(G + out, g.to(G.dtype.element_ty), mask=mask)
 
 
 @_autotune.autotune(configs=_configs(_DX_TILES), key=["M_BUCKET", "N", "K", "DOT_PRECISION"],
@@ -426,39 +433,37 @@ def linear_gelu_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
     return y, h
 
 
-def gelu_backward(dy: Tensor, h: Tensor, dtype: torch.dtype) -> Tensor:
-    """dy, h (M, N) -> dh = dy * gelu_tanh'(h) (M, N) in ``dtype``, contiguous; float32 math."""
+def gelu_backward(dy: Tensor, h: Tensor, dtype: torch.dtype,
+                  store_gelu: bool) -> tuple[Tensor, Tensor]:
+    """dy, h (M, N) -> (dh = dy * gelu_tanh'(h) (M, N) in ``dtype``; gelu_tanh(h) (M, N) in
+    ``dtype`` when ``store_gelu``, else (0,)). One pass, float32 math, contiguous outputs."""
     M, N = h.shape
     dh = torch.empty((M, N), dtype=dtype, device=h.device)
+    g = torch.empty((M, N) if store_gelu else (0,), dtype=dtype, device=h.device)
     if M == 0 or N == 0:
-        return dh
+        return dh, g
     block_n = min(128, triton.next_power_of_2(int(N)))
     block_m = max(1, 2048 // block_n)  # ~2K elements a program: 8 per thread at 8 warps
     launch(_gelu_bwd)[(triton.cdiv(M, block_m), triton.cdiv(N, block_n))](
         dy, dy.stride(0), dy.stride(1),
         h, h.stride(0), h.stride(1),
-        dh, M, N,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8,
+        dh, g if store_gelu else dh, M, N,
+        STORE_GELU=store_gelu, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8,
     )
-    return dh
+    return dh, g
 
 
-def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
-                         need_dx: bool, need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """dy, h (M, N), x (M, K), weight (N, K) -> (dx (M, K), dweight (N, K), dbias (N,)).
-
-    Three launches: dh = dy * gelu'(h) once per element (``gelu_backward``, a (M, N)
-    temporary in the weight's dtype), then dx = dh @ W and dW = dh^T @ x (+ dbias). What is
-    not asked for comes back as an empty (0,) tensor. dbias is computed with dweight (same
-    kernel), so it is returned when ``need_dw`` and ``has_bias``.
-    """
+def linear_backward(dh: Tensor, x: Tensor, weight: Tensor, has_bias: bool, need_dx: bool,
+                    need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of h = x @ weight.T + bias from dh (M, N): x (M, K), weight (N, K) ->
+    (dx = dh @ W (M, K), dweight = dh^T @ x (N, K), dbias = dh summed over rows (N,)), two
+    tiled matmul launches. What is not asked for comes back as an empty (0,) tensor; dbias
+    is computed with dweight (same kernel), so it is returned when ``need_dw`` and
+    ``has_bias``."""
     M, K = x.shape
     N = weight.shape[0]
     precision = _dot_precision(x.dtype, x.device)
     dx = dw = db = None
-    dh = None
-    if (need_dx and N > 0 and K > 0) or (need_dw and N > 0):
-        dh = gelu_backward(dy, h, weight.dtype) if M > 0 else None
     if need_dx:
         dx = torch.empty((M, K), dtype=x.dtype, device=x.device)
         if N == 0:
@@ -493,10 +498,24 @@ def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_b
     return tuple(t if t is not None else x.new_empty(0) for t in (dx, dw, db))
 
 
+def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
+                         need_dx: bool, need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """dy, h (M, N), x (M, K), weight (N, K) -> (dx (M, K), dweight (N, K), dbias (N,)).
+
+    Three launches: dh = dy * gelu'(h) once per element (``gelu_backward``, a (M, N)
+    temporary in the weight's dtype), then ``linear_backward``'s two matmuls.
+    """
+    dh, _ = gelu_backward(dy, h, weight.dtype, False)
+    return linear_backward(dh, x, weight, has_bias, need_dx, need_dw)
+
+
 # --------------------------------------------------------------------------- registration
 
 linear_gelu_fwd = define_op("linear_gelu_fwd", linear_gelu_forward)
 linear_gelu_bwd = define_op("linear_gelu_bwd", linear_gelu_backward)
+# the two halves, for callers that need them apart (gpt_kernels/recompute.py's MLP)
+gelu_bwd = define_op("gelu_bwd", gelu_backward)
+linear_bwd = define_op("linear_bwd", linear_backward)
 
 
 def _setup_context(ctx, inputs, output):

@@ -166,6 +166,12 @@ def linear_gelu(x, weight, bias=None):
     then F.gelu(approximate="tanh"), or on a CPU the same function through a sigmoid
     (``_GeluTanhCPU``: PyTorch's CPU tanh is slow).
     """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        # F.linear would cast all three to the autocast dtype: check what it will compute
+        # with (x may already have that dtype, e.g. from add_layer_norm, the weights not)
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                           else t for t in (x, weight, bias))
     check_linear_gelu(x, weight, bias)
     return _gelu_tanh(F.linear(x, weight, bias))
 
