@@ -145,6 +145,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    # Triton path: keep the stream and h, recompute LayerNorm outputs and gelu(h) in backward
+    # (False: keep them, as eager PyTorch does; the memory meter's tests compare the two)
+    recompute = True
+
     def __init__(self, config):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias, config.kernels)
@@ -157,7 +161,8 @@ class Block(nn.Module):
         # x = x + attn(ln_1(x)); the add and ln_2 are one op: one pass over the stream
         # the Triton path recomputes in backward what eager PyTorch keeps (the torch path is
         # eager PyTorch as is: the baseline)
-        if not (torch.is_grad_enabled() and gpt_kernels.use_triton(self.backend, x)):
+        if not (self.recompute and torch.is_grad_enabled()
+                and gpt_kernels.use_triton(self.backend, x)):
             _, y = self.ln_1.add_forward(x, None)
             x, h = self.ln_2.add_forward(x, self.attn(y, kv_cache, layer))
             return x + self.mlp(h)
