@@ -228,6 +228,8 @@ def linear_gelu_case(label, C, T, bias=True, inference=True):
             linear_gelu.linear_gelu_forward(x, w, b, store_h=False)
         y, h = linear_gelu.linear_gelu_forward(x, w, b, store_h=True)
         linear_gelu.linear_gelu_backward(torch.empty_like(y), h, x, w, bias, True, True)
+        # the MLP's backward on the Triton path also rewrites gelu(h) (gpt_kernels/recompute.py)
+        linear_gelu.gelu_backward(torch.empty_like(y), h, dtype, True)
 
     return Case("linear_gelu", f"{label}: M={BATCH * T} K={C} N={4 * C}"
                 + ("" if bias else ", no bias"), run)
