@@ -85,10 +85,11 @@ DTYPES = {
     "fp32": ("float32", "highest"),  # IEEE float32 dots (torch's default)
     "fp32-tf32": ("float32", "high"),  # TF32 allowed, as train.py sets on GPUs
 }
-OPS = ("attention", "layer_norm", "linear_gelu", "cross_entropy", "fused_linear_cross_entropy")
+OPS = ("attention", "layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy",
+       "fused_linear_cross_entropy")
 # the modules whose kernels are launched (the fused linear cross-entropy launches
 # cross_entropy.py's kernel from its own chunk loop)
-KERNEL_MODULES = ("attention", "layer_norm", "linear_gelu", "cross_entropy")
+KERNEL_MODULES = ("attention", "layer_norm", "add_layer_norm", "linear_gelu", "cross_entropy")
 
 OPTIONS = {
     "what": dict(
@@ -195,6 +196,24 @@ def layer_norm_case(label, C, T, bias=True):
     return Case("layer_norm", f"{label}: N={BATCH * T} C={C}" + ("" if bias else ", no bias"), run)
 
 
+def add_layer_norm_case(label, C, T, bias=True):
+    add_layer_norm = kernel_module("add_layer_norm")
+
+    def run(dtype):
+        import torch
+
+        # the model's mixed precision: a float32 stream; branch, y and dy in the run's dtype
+        x = torch.empty(BATCH * T, C, dtype=torch.float32, device="cuda")
+        r = torch.empty(BATCH * T, C, dtype=dtype, device="cuda")
+        w = torch.empty(C, dtype=torch.float32, device="cuda")
+        b = torch.empty(C, dtype=torch.float32, device="cuda") if bias else None
+        s, y, mean, rstd = add_layer_norm.add_layer_norm_forward(x, r, w, b, 1e-5, dtype)
+        add_layer_norm.add_layer_norm_backward(torch.empty_like(y), torch.empty_like(s), s, w, b,
+                                               mean, rstd, dtype)
+
+    return Case("add_layer_norm", f"{label}: N={BATCH * T} C={C}, float32 stream", run)
+
+
 def linear_gelu_case(label, C, T, bias=True, inference=True):
     linear_gelu = kernel_module("linear_gelu")
 
@@ -209,6 +228,8 @@ def linear_gelu_case(label, C, T, bias=True, inference=True):
             linear_gelu.linear_gelu_forward(x, w, b, store_h=False)
         y, h = linear_gelu.linear_gelu_forward(x, w, b, store_h=True)
         linear_gelu.linear_gelu_backward(torch.empty_like(y), h, x, w, bias, True, True)
+        # the MLP's backward on the Triton path also rewrites gelu(h) (gpt_kernels/recompute.py)
+        linear_gelu.gelu_backward(torch.empty_like(y), h, dtype, True)
 
     return Case("linear_gelu", f"{label}: M={BATCH * T} K={C} N={4 * C}"
                 + ("" if bias else ", no bias"), run)
@@ -283,7 +304,7 @@ def build_cases(subset, ops):
 
     C0, H0, T0, _ = _shape("gpt2")
     if subset == "ci":
-        cases = [layer_norm_case("gpt2", C0, T0),
+        cases = [layer_norm_case("gpt2", C0, T0), add_layer_norm_case("gpt2", C0, T0),
                  linear_gelu_case("gpt2", C0, T0, inference=False),
                  cross_entropy_case("gpt2", PRESETS["gpt2"]["vocab_size"], T0, inference=False),
                  flce_case("gpt2", C0, TRAIN_VOCAB, T0), attention_case("gpt2", C0, H0, T0)]
@@ -291,7 +312,8 @@ def build_cases(subset, ops):
     cases = []
     for preset in PRESETS:
         C, H, T, V = _shape(preset)
-        cases += [layer_norm_case(preset, C, T), linear_gelu_case(preset, C, T),
+        cases += [layer_norm_case(preset, C, T), add_layer_norm_case(preset, C, T),
+                  linear_gelu_case(preset, C, T),
                   cross_entropy_case(preset, V, T), flce_case(preset, C, TRAIN_VOCAB, T)]
     for D in SUPPORTED_HEAD_DIMS:  # GPT-2 small's width and context, every head dim
         for dropout in (0.0, 0.1) if D >= 64 else (0.0,):

@@ -92,7 +92,15 @@ class LayerNorm(nn.Module):
         self.backend = backend
 
     def forward(self, x):
+        """y = layer_norm(x) in x's dtype (ln_f: the loss head takes the float32 stream)."""
         return gpt_kernels.layer_norm(x, self.weight, self.bias, 1e-5, backend=self.backend)
+
+    def add_forward(self, x, branch):
+        """(s, y): the residual add s = x + branch (x's dtype) and y = layer_norm(s) in the
+        autocast dtype under autocast (the next matmul's), else x's; one fused op
+        (gpt_kernels.add_layer_norm). branch None normalises x (s is x)."""
+        return gpt_kernels.add_layer_norm(x, branch, self.weight, self.bias, 1e-5,
+                                          backend=self.backend)
 
 
 class CausalSelfAttention(nn.Module):
@@ -108,9 +116,11 @@ class CausalSelfAttention(nn.Module):
         self.backend = config.kernels
         self.causal = config.causal
 
-    def forward(self, x, kv_cache=None, layer=0):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+    def forward(self, x, kv_cache=None, layer=0, qkv=None):
+        """x (B, T, C) -> (B, T, C); or, with x None, from qkv = c_attn(x) already computed."""
+        qkv = self.c_attn(x) if qkv is None else qkv
+        B, T, C = qkv.shape[0], qkv.shape[1], self.n_embd
+        q, k, v = qkv.split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs): a strided view; the kernels read strides, no copy
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
@@ -141,17 +151,38 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    # Triton path: keep the stream and h, recompute LayerNorm outputs and gelu(h) in backward
+    # (False: keep them, as eager PyTorch does; the memory meter's tests compare the two)
+    recompute = True
+
     def __init__(self, config):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, config.bias, config.kernels)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, config.bias, config.kernels)
         self.mlp = MLP(config)
+        self.backend = config.kernels
 
     def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        # x = x + attn(ln_1(x)); the add and ln_2 are one op: one pass over the stream
+        # the Triton path recomputes in backward what eager PyTorch keeps (the torch path is
+        # eager PyTorch as is: the baseline)
+        if not (self.recompute and torch.is_grad_enabled()
+                and gpt_kernels.use_triton(self.backend, x)):
+            _, y = self.ln_1.add_forward(x, None)
+            x, h = self.ln_2.add_forward(x, self.attn(y, kv_cache, layer))
+            return x + self.mlp(h)
+        # the same function, keeping less for backward (gpt_kernels/recompute.py): c_attn and
+        # c_fc keep the stream s instead of the LayerNorm's output, the MLP its
+        # pre-activation instead of gelu(h); both are recomputed in backward
+        ln_1, ln_2, attn, mlp = self.ln_1, self.ln_2, self.attn, self.mlp
+        _, y = ln_1.add_forward(x, None)
+        qkv = gpt_kernels.linear_after_norm(y, x, ln_1.weight, ln_1.bias, 1e-5,
+                                            attn.c_attn.weight, attn.c_attn.bias)
+        x, h = ln_2.add_forward(x, attn(None, kv_cache, layer, qkv=qkv))
+        out = gpt_kernels.mlp_after_norm(h, x, ln_2.weight, ln_2.bias, 1e-5, mlp.c_fc.weight,
+                                         mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias)
+        return x + mlp.dropout(out)
 
 
 class GPT(nn.Module):

@@ -5,6 +5,7 @@ Public ops (the same signatures, less ``backend``, in ``gpt_kernels.reference``)
 
     flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0, backend="auto")
     layer_norm(x, weight, bias, eps=1e-5, *, backend="auto")
+    add_layer_norm(x, branch, weight, bias, eps=1e-5, *, backend="auto")   # -> (x + branch, y)
     linear_gelu(x, weight, bias=None, *, backend="auto")
     cross_entropy(logits, target, ignore_index=-100, reduction="mean", *, backend="auto")
     fused_linear_cross_entropy(x, weight, target, bias=None, ignore_index=-100,
@@ -29,6 +30,7 @@ from gpt_kernels._validate import REDUCTIONS, SUPPORTED_HEAD_DIMS
 __all__ = [
     "flash_attention",
     "layer_norm",
+    "add_layer_norm",
     "linear_gelu",
     "cross_entropy",
     "fused_linear_cross_entropy",
@@ -45,6 +47,7 @@ __all__ = [
 OP_NAMES = (
     "flash_attention",
     "layer_norm",
+    "add_layer_norm",
     "linear_gelu",
     "cross_entropy",
     "fused_linear_cross_entropy",
@@ -63,11 +66,13 @@ if TRITON_MISSING is None:
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         patch_interpreter()  # Triton 3.6's interpreter with numpy >= 2.4
+    from gpt_kernels.add_layer_norm import add_layer_norm
     from gpt_kernels.attention import flash_attention
     from gpt_kernels.cross_entropy import cross_entropy
     from gpt_kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
     from gpt_kernels.layer_norm import layer_norm
     from gpt_kernels.linear_gelu import linear_gelu
+    from gpt_kernels.recompute import linear_after_norm, mlp_after_norm
 else:
     def _reference_only(ref):
         def op(*args, backend="auto", **kwargs):
@@ -79,6 +84,7 @@ else:
 
     flash_attention = _reference_only(reference.flash_attention)
     layer_norm = _reference_only(reference.layer_norm)
+    add_layer_norm = _reference_only(reference.add_layer_norm)
     linear_gelu = _reference_only(reference.linear_gelu)
     cross_entropy = _reference_only(reference.cross_entropy)
     fused_linear_cross_entropy = _reference_only(reference.fused_linear_cross_entropy)

@@ -7,10 +7,31 @@ gradient will be needed the same epilogue also stores h (in x's dtype), because 
 invertible: backward needs gelu'(h), and reloading h costs one (M, N) read while recomputing
 it would cost another 2*M*N*K-flop matmul.
 
-Backward: dh = dy * gelu'(h) is formed tile by tile in the prologue of both gradient matmuls
-(dx = dh @ W and dW = dh^T @ x) from dy and the saved h, so dh is never stored either; the
-dW kernel also sums dh over the rows for dbias in the same loop. Every reduction has a fixed
+Backward: one pointwise pass forms dh = dy * gelu'(h) once per element (float32 math, stored
+in the operand dtype), then two plain tiled matmuls read it: dx = dh @ W and dW = dh^T @ x, the
+dW kernel summing dh over the rows for dbias in the same loop. Every reduction has a fixed
 order and there are no atomics, so reruns with the same tile configuration are bit-identical.
+
+Why a pass of its own (counted at GPT-2 124M's MLP, M = 8192 rows, K = 768, N = 3072, bf16;
+E = M * N = 25.2 M elements of dy, h and dh):
+
+    before: dh was formed in the prologue of every output tile of both matmuls, so each
+            element of dh was recomputed once per column tile of dx (K / BLOCK_K = 6 with the
+            128-wide tiles) and once per column tile of dW (6 again): 12 E = 302 M GELU
+            derivatives. The compiled pass below spends 304 SASS instructions per thread on
+            8 elements (sm_80 and sm_90, bf16; loads, conversions and stores included), ~38
+            per element: ~11 G thread-instructions per layer (the review's estimate: ~9 G),
+            against a backward whose two matmuls are 4 M N K = 77 GFLOP (~0.1 ms of
+            tensor-core time on an H100). DRAM bytes: each kernel read dy and h (2 B each)
+            at least once: 4 x 2 E = 201 MB; 2 launches.
+    after:  1 E = 25.2 M derivatives, ~0.96 G thread-instructions (12x fewer); bytes: the
+            pass reads dy and h and writes dh (3 x 2 E = 151 MB), the matmuls read dh
+            (2 x 2 E = 101 MB): 252 MB, 3 launches. 50 MB more traffic (~15 us at 3.35 TB/s)
+            for ~10 G fewer instructions (~0.3 ms of issue slots on an H100 SXM's 132 SMs x
+            128 lanes at 1.98 GHz). The matmuls lose their float32 prologue tiles, the
+            register pressure that forced short reduction tiles.
+    memory: dh is a (M, N) temporary of backward (50 MB at this shape), freed before the op
+            returns.
 
 Precision: accumulation is float32. float32 operands use IEEE ``tl.dot`` unless
 ``torch.set_float32_matmul_precision("high"/"medium")`` allows TF32 on a GPU, mirroring what
@@ -31,7 +52,7 @@ from gpt_kernels._library import define_op, launch, use_triton
 from gpt_kernels._validate import check_linear_gelu
 
 __all__ = ["linear_gelu", "linear_gelu_forward", "linear_gelu_backward", "linear_gelu_fwd",
-           "linear_gelu_bwd"]
+           "linear_gelu_bwd", "gelu_backward", "linear_backward", "gelu_bwd", "linear_bwd"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -45,9 +66,9 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # compiles for sm_80 and sm_90 at GPT-2's MLP shapes (M = 8192, K = 768, N = 3072) without
 # spilling a register and within shared memory: `python -m bench.compile_report` checks it
 # (make test on a subset); "regs" below is the larger of the two chips' counts.
-# In the gradient kernels the (BLOCK_M, BLOCK_N) tile of dy and h is loaded and turned into
-# dh = dy * gelu'(h) in float32 before its matmul, so the reduction tile (BLOCK_N for dX,
-# BLOCK_M for dW) is kept short: a 128 x 128 float32 prologue spills on sm_80 (1.4 KB).
+# The gradient kernels' tiles were chosen when they formed dh = dy * gelu'(h) in a float32
+# prologue (hence the short reduction tiles: BLOCK_N for dX, BLOCK_M for dW); they now read dh
+# as it is stored, which needs fewer registers, and the compile report rechecks each entry.
 
 _FWD_TILES = {
     "16": [
@@ -84,8 +105,8 @@ _DX_TILES = {  # dX = dh @ W: BLOCK_N is the reduction, BLOCK_K the width of the
     ],
     "ieee": [
         (64, 32, 64, 4, 3),  # 232 regs
-        (64, 16, 64, 4, 3),  # 120 regs
         (32, 32, 64, 4, 3),  # 96 regs
+        # out since dh is read as stored: (64, 16, 64, 4, 3) spills 12 B on sm_90 (96 regs)
         # out: (128, 32, 128, 8, 3) spills 12 B on sm_80, (64, 64, 32, 4, 3) 200 B
     ],
 }
@@ -94,8 +115,8 @@ _DW_TILES = {  # dW = dh^T @ x: BLOCK_M (rows of x) is the reduction, dW tiles B
         (32, 128, 128, 8, 3),  # a 128 x 128 dW tile, 32 rows per step: 254 regs
         (32, 64, 128, 4, 3),  # 239 regs
         (32, 128, 64, 4, 3),  # 255 regs, no spill
-        (64, 64, 64, 4, 3),  # 190 regs
-        # (128, 128, 32, 8, 3) and (64, 128, 128, 8, 3) are gone: 1.4 / 1.5 KB spilled on sm_80
+        # (128, 128, 32, 8, 3) and (64, 128, 128, 8, 3) are gone: 1.4 / 1.5 KB spilled on sm_80;
+        # (64, 64, 64, 4, 3) since dh is read as stored: 12 B spilled on sm_80 (128 regs)
     ],
     "tf32": [
         (32, 128, 128, 8, 3),  # 255 regs, no spill; 116 KB on sm_90
@@ -121,16 +142,16 @@ def _smem_fwd(cfg, nargs, kwargs):
 
 
 def _smem_dx(cfg, nargs, kwargs):
-    """num_stages buffers of dy and h tiles (BM x BN) and a W tile (BN x BK)."""
+    """num_stages buffers of a dh tile (BM x BN) and a W tile (BN x BK)."""
     k = cfg.kwargs
-    return (cfg.num_stages * (2 * k["BLOCK_M"] + k["BLOCK_K"]) * k["BLOCK_N"]
+    return (cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_K"]) * k["BLOCK_N"]
             * nargs["W"].element_size())
 
 
 def _smem_dw(cfg, nargs, kwargs):
-    """num_stages buffers of dy and h tiles (BN x BM) and an x tile (BM x BK)."""
+    """num_stages buffers of a dh tile (BN x BM) and an x tile (BM x BK)."""
     k = cfg.kwargs
-    return (cfg.num_stages * (2 * k["BLOCK_N"] + k["BLOCK_K"]) * k["BLOCK_M"]
+    return (cfg.num_stages * (k["BLOCK_N"] + k["BLOCK_K"]) * k["BLOCK_M"]
             * nargs["X"].element_size())
 
 
@@ -189,7 +210,7 @@ def _gelu_grad(h):
     return s + 2.0 * h * s * (1.0 - s) * du
 
 
-@_autotune.autotune(configs=_configs(_FWD_TILES), key=["M", "N", "K", "DOT_PRECISION"],
+@_autotune.autotune(configs=_configs(_FWD_TILES), key=["M_BUCKET", "N", "K", "DOT_PRECISION"],
                     prune=_prune(_FWD_TILES, _smem_fwd, "X"))
 @triton.jit
 def _linear_gelu_fwd(
@@ -199,6 +220,7 @@ def _linear_gelu_fwd(
     Y, stride_ym, stride_yn,  # (M, N) output gelu(h) in X's dtype
     H,  # (M, N) pre-activation h with Y's strides, written only when STORE_H
     M, N, K,
+    M_BUCKET,  # M rounded up to a power of two: the autotune key (see _m_bucket)
     HAS_BIAS: tl.constexpr,
     STORE_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -238,15 +260,42 @@ def _linear_gelu_fwd(
         tl.store(H + out_offs, acc.to(H.dtype.element_ty), mask=mask)
 
 
-@_autotune.autotune(configs=_configs(_DX_TILES), key=["M", "N", "K", "DOT_PRECISION"],
+@triton.jit
+def _gelu_bwd(
+    DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
+    H, stride_hm, stride_hn,  # (M, N) saved pre-activation
+    DH,  # (M, N) dh = dy * gelu'(h) in the matmul operand dtype, contiguous
+    G,  # (M, N) gelu(h) recomputed, contiguous, written only when STORE_GELU
+    M, N,
+    STORE_GELU: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # once per element: the derivative the two gradient matmuls used to recompute per tile
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: 2^31
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn, mask=mask,
+                 other=0.0).to(tl.float32)
+    h = tl.load(H + offs_m[:, None] * stride_hm + offs_n[None, :] * stride_hn, mask=mask,
+                other=0.0).to(tl.float32)
+    out = offs_m[:, None] * N + offs_n[None, :]
+    tl.store(DH + out, (dy * _gelu_grad(h)).to(DH.dtype.element_ty), mask=mask)
+    if STORE_GELU:
+        # the MLP's c_proj input, recomputed here from h instead of kept from the forward
+        g, _ = _gelu_parts(h)
+        tl.store(G + out, g.to(G.dtype.element_ty), mask=mask)
+
+
+@_autotune.autotune(configs=_configs(_DX_TILES), key=["M_BUCKET", "N", "K", "DOT_PRECISION"],
                     prune=_prune(_DX_TILES, _smem_dx, "W"))
 @triton.jit
 def _linear_gelu_bwd_dx(
-    DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
-    H, stride_hm, stride_hn,  # (M, N) saved pre-activation
+    DH, stride_dhm, stride_dhn,  # (M, N) gradient of the pre-activation
     W, stride_wn, stride_wk,  # (N, K) weight
     DX, stride_dxm, stride_dxk,  # (M, K) input gradient in W's dtype
     M, N, K,
+    M_BUCKET,  # M rounded up to a power of two: the autotune key (see _m_bucket)
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -261,38 +310,32 @@ def _linear_gelu_bwd_dx(
     offs_n = tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     k_ok = offs_k < K
-    dy_ptrs = DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn  # (BM, BN)
-    h_ptrs = H + offs_m[:, None] * stride_hm + offs_n[None, :] * stride_hn  # (BM, BN)
+    dh_ptrs = DH + offs_m[:, None] * stride_dhm + offs_n[None, :] * stride_dhn  # (BM, BN)
     w_ptrs = W + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk  # (BN, BK)
 
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n_ok = (n0 + offs_n) < N
-        mn_mask = m_ok[:, None] & n_ok[None, :]
-        dy = tl.load(dy_ptrs, mask=mn_mask, other=0.0).to(tl.float32)
-        h = tl.load(h_ptrs, mask=mn_mask, other=0.0).to(tl.float32)
-        # prologue: the GELU derivative, in float32, rounded to the operand dtype for the dot
-        dh = (dy * _gelu_grad(h)).to(W.dtype.element_ty)
+        dh = tl.load(dh_ptrs, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(dh, w, acc, input_precision=DOT_PRECISION)
-        dy_ptrs += BLOCK_N * stride_dyn
-        h_ptrs += BLOCK_N * stride_hn
+        dh_ptrs += BLOCK_N * stride_dhn
         w_ptrs += BLOCK_N * stride_wn
 
     tl.store(DX + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
              acc.to(DX.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
 
 
-@_autotune.autotune(configs=_configs(_DW_TILES), key=["M", "N", "K", "DOT_PRECISION"],
+@_autotune.autotune(configs=_configs(_DW_TILES), key=["M_BUCKET", "N", "K", "DOT_PRECISION"],
                     prune=_prune(_DW_TILES, _smem_dw, "X"))
 @triton.jit
 def _linear_gelu_bwd_dw(
-    DY, stride_dym, stride_dyn,  # (M, N) upstream gradient
-    H, stride_hm, stride_hn,  # (M, N) saved pre-activation
+    DH, stride_dhm, stride_dhn,  # (M, N) gradient of the pre-activation
     X, stride_xm, stride_xk,  # (M, K) forward input
     DW, stride_dwn, stride_dwk,  # (N, K) weight gradient in X's dtype
     DB,  # (N,) bias gradient, written only when HAS_BIAS
     M, N, K,
+    M_BUCKET,  # M rounded up to a power of two: the autotune key (see _m_bucket)
     HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -310,24 +353,19 @@ def _linear_gelu_bwd_dw(
     offs_m = tl.arange(0, BLOCK_M).to(tl.int64)
     n_ok = offs_n < N
     k_ok = offs_k < K
-    dyt_ptrs = DY + offs_n[:, None] * stride_dyn + offs_m[None, :] * stride_dym  # (BN, BM)
-    ht_ptrs = H + offs_n[:, None] * stride_hn + offs_m[None, :] * stride_hm  # (BN, BM)
+    dht_ptrs = DH + offs_n[:, None] * stride_dhn + offs_m[None, :] * stride_dhm  # (BN, BM)
     x_ptrs = X + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
 
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     db = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         m_ok = (m0 + offs_m) < M
-        nm_mask = n_ok[:, None] & m_ok[None, :]
-        dy = tl.load(dyt_ptrs, mask=nm_mask, other=0.0).to(tl.float32)
-        h = tl.load(ht_ptrs, mask=nm_mask, other=0.0).to(tl.float32)
-        dht = dy * _gelu_grad(h)  # (BN, BM) float32
+        dht = tl.load(dht_ptrs, mask=n_ok[:, None] & m_ok[None, :], other=0.0)  # (BN, BM)
         if HAS_BIAS:
-            db += tl.sum(dht, axis=1)  # dbias from the unrounded float32 dh
+            db += tl.sum(dht.to(tl.float32), axis=1)  # dbias = column sums of dh, float32
         x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(dht.to(X.dtype.element_ty), x, acc, input_precision=DOT_PRECISION)
-        dyt_ptrs += BLOCK_M * stride_dym
-        ht_ptrs += BLOCK_M * stride_hm
+        acc = tl.dot(dht, x, acc, input_precision=DOT_PRECISION)
+        dht_ptrs += BLOCK_M * stride_dhm
         x_ptrs += BLOCK_M * stride_xm
 
     tl.store(DW + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
@@ -336,6 +374,16 @@ def _linear_gelu_bwd_dw(
         # every K-tile of a band computed the same sums; the first one writes them
         if pid_k == 0:
             tl.store(DB + offs_n, db.to(DB.dtype.element_ty), mask=n_ok)
+
+
+def _m_bucket(M):
+    """The autotune key's stand-in for M: M rounded up to a power of two (at least 16).
+
+    The best tile depends on how many row tiles there are, not on M's exact value, and
+    keying on M itself re-benchmarks every config (seconds) at each new batch size or ragged
+    last batch. Rows 4097..8192 share one choice, 8193..16384 the next, and so on.
+    """
+    return max(16, triton.next_power_of_2(int(M)))
 
 
 def _as_rows(t):
@@ -378,20 +426,40 @@ def linear_gelu_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
         bias if bias is not None else weight,
         y, y.stride(0), y.stride(1),
         h if store_h else y,
-        M, N, K,
+        M, N, K, _m_bucket(M),
         HAS_BIAS=bias is not None, STORE_H=store_h,
         DOT_PRECISION=_dot_precision(x.dtype, x.device),
     )
     return y, h
 
 
-def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
-                         need_dx: bool, need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """dy, h (M, N), x (M, K), weight (N, K) -> (dx (M, K), dweight (N, K), dbias (N,)).
+def gelu_backward(dy: Tensor, h: Tensor, dtype: torch.dtype,
+                  store_gelu: bool) -> tuple[Tensor, Tensor]:
+    """dy, h (M, N) -> (dh = dy * gelu_tanh'(h) (M, N) in ``dtype``; gelu_tanh(h) (M, N) in
+    ``dtype`` when ``store_gelu``, else (0,)). One pass, float32 math, contiguous outputs."""
+    M, N = h.shape
+    dh = torch.empty((M, N), dtype=dtype, device=h.device)
+    g = torch.empty((M, N) if store_gelu else (0,), dtype=dtype, device=h.device)
+    if M == 0 or N == 0:
+        return dh, g
+    block_n = min(128, triton.next_power_of_2(int(N)))
+    block_m = max(1, 2048 // block_n)  # ~2K elements a program: 8 per thread at 8 warps
+    launch(_gelu_bwd)[(triton.cdiv(M, block_m), triton.cdiv(N, block_n))](
+        dy, dy.stride(0), dy.stride(1),
+        h, h.stride(0), h.stride(1),
+        dh, g if store_gelu else dh, M, N,
+        STORE_GELU=store_gelu, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8,
+    )
+    return dh, g
 
-    What is not asked for comes back as an empty (0,) tensor. dbias is computed with dweight
-    (same kernel), so it is returned when ``need_dw`` and ``has_bias``.
-    """
+
+def linear_backward(dh: Tensor, x: Tensor, weight: Tensor, has_bias: bool, need_dx: bool,
+                    need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of h = x @ weight.T + bias from dh (M, N): x (M, K), weight (N, K) ->
+    (dx = dh @ W (M, K), dweight = dh^T @ x (N, K), dbias = dh summed over rows (N,)), two
+    tiled matmul launches. What is not asked for comes back as an empty (0,) tensor; dbias
+    is computed with dweight (same kernel), so it is returned when ``need_dw`` and
+    ``has_bias``."""
     M, K = x.shape
     N = weight.shape[0]
     precision = _dot_precision(x.dtype, x.device)
@@ -402,11 +470,10 @@ def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_b
             dx.zero_()  # our own buffer: no rows of W, no contribution
         elif M > 0 and K > 0:
             launch(_linear_gelu_bwd_dx)[_grid(M, K, "BLOCK_M", "BLOCK_K")](
-                dy, dy.stride(0), dy.stride(1),
-                h, h.stride(0), h.stride(1),
+                dh, dh.stride(0), dh.stride(1),
                 weight, weight.stride(0), weight.stride(1),
                 dx, dx.stride(0), dx.stride(1),
-                M, N, K,
+                M, N, K, _m_bucket(M),
                 DOT_PRECISION=precision,
             )
     if need_dw:
@@ -421,21 +488,34 @@ def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_b
             grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"])
                                  * max(1, triton.cdiv(K, meta["BLOCK_K"])),)
             launch(_linear_gelu_bwd_dw)[grid](
-                dy, dy.stride(0), dy.stride(1),
-                h, h.stride(0), h.stride(1),
+                dh, dh.stride(0), dh.stride(1),
                 x, x.stride(0), x.stride(1),
                 dw, dw.stride(0), dw.stride(1),
                 db if db is not None else dw,
-                M, N, K,
+                M, N, K, _m_bucket(M),
                 HAS_BIAS=has_bias, DOT_PRECISION=precision,
             )
     return tuple(t if t is not None else x.new_empty(0) for t in (dx, dw, db))
+
+
+def linear_gelu_backward(dy: Tensor, h: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
+                         need_dx: bool, need_dw: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """dy, h (M, N), x (M, K), weight (N, K) -> (dx (M, K), dweight (N, K), dbias (N,)).
+
+    Three launches: dh = dy * gelu'(h) once per element (``gelu_backward``, a (M, N)
+    temporary in the weight's dtype), then ``linear_backward``'s two matmuls.
+    """
+    dh, _ = gelu_backward(dy, h, weight.dtype, False)
+    return linear_backward(dh, x, weight, has_bias, need_dx, need_dw)
 
 
 # --------------------------------------------------------------------------- registration
 
 linear_gelu_fwd = define_op("linear_gelu_fwd", linear_gelu_forward)
 linear_gelu_bwd = define_op("linear_gelu_bwd", linear_gelu_backward)
+# the two halves, for callers that need them apart (gpt_kernels/recompute.py's MLP)
+gelu_bwd = define_op("gelu_bwd", gelu_backward)
+linear_bwd = define_op("linear_bwd", linear_backward)
 
 
 def _setup_context(ctx, inputs, output):

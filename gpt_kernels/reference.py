@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from gpt_kernels._validate import (
+    _floating,
+    _same_device,
     check_attention,
     check_cross_entropy,
     check_fused_linear_cross_entropy,
@@ -30,6 +32,7 @@ from gpt_kernels._validate import (
 __all__ = [
     "flash_attention",
     "layer_norm",
+    "add_layer_norm",
     "linear_gelu",
     "cross_entropy",
     "fused_linear_cross_entropy",
@@ -81,6 +84,41 @@ def layer_norm(x, weight, bias, eps=1e-5):
     return y.to(x.dtype)
 
 
+def check_add_layer_norm(x, branch, weight, bias, eps=1e-5, *, for_triton=False):
+    """x (..., C) and branch (x's shape, any floating dtype, or None) on one device; weight
+    and bias as for ``layer_norm``. (Kept here, next to its one user besides the kernel.)"""
+    check_layer_norm(x, weight, bias, eps, for_triton=for_triton)
+    if branch is not None:
+        _floating("branch", branch, for_triton)
+        if branch.shape != x.shape:
+            raise ValueError(f"branch must have x's shape {tuple(x.shape)}, "
+                             f"got {tuple(branch.shape)}")
+        _same_device("branch", branch, "x", x)
+
+
+def add_layer_norm_dtype(x):
+    """The dtype of add_layer_norm's y: the autocast dtype when autocast is on for x's
+    device (what the next matmul reads), else x's dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def add_layer_norm(x, branch, weight, bias, eps=1e-5):
+    """s = x + branch (in x's dtype, added in at least float32), y = layer_norm(s) -> (s, y).
+
+    ``branch`` None: s is x. y has the autocast dtype when autocast is on for x's device,
+    else x's dtype: what ``layer_norm`` followed by an autocast matmul computes, in one
+    call. The Triton op fuses the add, the normalisation and the cast into one pass.
+    """
+    check_add_layer_norm(x, branch, weight, bias, eps)
+    s = x
+    if branch is not None:
+        dt = torch.promote_types(torch.promote_types(x.dtype, branch.dtype), torch.float32)
+        s = (x.to(dt) + branch.to(dt)).to(x.dtype)
+    return s, layer_norm(s, weight, bias, eps).to(add_layer_norm_dtype(x))
+
+
 # gelu_tanh(h) = 0.5 h (1 + tanh(z)) = h * sigmoid(2 z), z = sqrt(2/pi) (h + 0.044715 h^3)
 _GELU_A = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
@@ -128,6 +166,12 @@ def linear_gelu(x, weight, bias=None):
     then F.gelu(approximate="tanh"), or on a CPU the same function through a sigmoid
     (``_GeluTanhCPU``: PyTorch's CPU tanh is slow).
     """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        # F.linear would cast all three to the autocast dtype: check what it will compute
+        # with (x may already have that dtype, e.g. from add_layer_norm, the weights not)
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                           else t for t in (x, weight, bias))
     check_linear_gelu(x, weight, bias)
     return _gelu_tanh(F.linear(x, weight, bias))
 

@@ -272,3 +272,15 @@ def test_gpu_backward_is_bit_identical_on_rerun(dtype):
     second = torch.autograd.grad(linear_gelu(x, w, b), (x, w, b), g)
     for a, c in zip(first, second):
         assert torch.equal(a, c)
+
+
+def test_autotune_key_buckets_the_rows():
+    """Batch sizes within one power of two of rows share an autotune choice (no re-benchmark);
+    the kernels are keyed on the bucket, not on M."""
+    import importlib
+
+    lg = importlib.import_module("gpt_kernels.linear_gelu")
+    assert lg._m_bucket(4097) == lg._m_bucket(6144) == lg._m_bucket(8192) == 8192
+    assert lg._m_bucket(8193) == 16384 and lg._m_bucket(1) == lg._m_bucket(16) == 16
+    for kernel in (lg._linear_gelu_fwd, lg._linear_gelu_bwd_dx, lg._linear_gelu_bwd_dw):
+        assert "M_BUCKET" in kernel.keys and "M" not in kernel.keys, kernel.keys

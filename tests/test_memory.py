@@ -173,3 +173,20 @@ def test_device_smem_of_a_non_cuda_tensor(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     assert _autotune.device_smem(torch.device("cpu")) == 232448
+
+
+def test_recomputation_saves_what_the_shapes_predict(monkeypatch):
+    """The Triton path keeps neither LayerNorm output (c_attn's and c_fc's inputs) nor
+    gelu(h) (c_proj's input): per block 2 x (M, C) + (M, 4C) values in the matmul dtype less,
+    exactly, in the activations held at the peak (the end of the forward pass)."""
+    from gpt.model import Block
+
+    L, C, B, T = 2, 64, 4, 32
+    cfg = GPTConfig(n_layer=L, n_head=2, n_embd=C, vocab_size=512, block_size=T)
+    acts = {}
+    for recompute in (False, True):
+        monkeypatch.setattr(Block, "recompute", recompute)
+        acts[recompute] = memory.meter_step(cfg, "triton", B, T, torch.bfloat16)["groups"][
+            "activations"]
+    M = B * T
+    assert acts[False] - acts[True] == L * 2 * (2 * M * C + M * 4 * C), acts

@@ -115,7 +115,8 @@ def test_every_parameter_gets_a_gradient():
 
 def test_model_is_built_from_kernel_ops(monkeypatch):
     calls = {}
-    for name in ["flash_attention", "layer_norm", "linear_gelu", "fused_linear_cross_entropy"]:
+    for name in ["flash_attention", "layer_norm", "add_layer_norm", "linear_gelu",
+                 "fused_linear_cross_entropy"]:
         fn = getattr(gpt_kernels, name)
 
         def wrap(*a, _fn=fn, _name=name, **k):
@@ -126,7 +127,9 @@ def test_model_is_built_from_kernel_ops(monkeypatch):
         monkeypatch.setattr(gpt_kernels, name, wrap)
     model = GPT(small_config(n_layer=3, kernels="torch"))
     model(torch.randint(0, 67, (1, 8)), torch.randint(0, 67, (1, 8)))
-    assert calls == {"layer_norm": 7, "flash_attention": 3, "linear_gelu": 3,
+    # per block ln_1, and ln_2 fused with the attention residual's add; ln_f plain
+    assert calls == {"add_layer_norm": 6, "layer_norm": 1, "flash_attention": 3,
+                     "linear_gelu": 3,
                      "fused_linear_cross_entropy": 1}
 
 

@@ -27,6 +27,7 @@ needs_triton = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 ln = importlib.import_module("gpt_kernels.layer_norm")
+aln = importlib.import_module("gpt_kernels.add_layer_norm")
 lg = importlib.import_module("gpt_kernels.linear_gelu")
 ce = importlib.import_module("gpt_kernels.cross_entropy")
 fl = importlib.import_module("gpt_kernels.fused_linear_cross_entropy")
@@ -52,6 +53,8 @@ def op_cases():
     tensors their forward produced."""
     x, w, b = leaf(7, 100), leaf(100), leaf(100)
     y, mean, rstd = ln.layer_norm_fwd(x, w, b, 1e-5)
+    xa, ra = leaf(7, 100), leaf(7, 100, dtype=torch.float16)
+    sa, _, mean_a, rstd_a = aln.add_layer_norm_fwd(xa, ra, w, b, 1e-5, torch.float16)
     xg, wg, bg = leaf(9, 40), leaf(33, 40), leaf(33)
     _, h = lg.linear_gelu_fwd(xg, wg, bg, True)
     logits, tgt = leaf(5, 37), targets(5, 37)
@@ -66,10 +69,22 @@ def op_cases():
         ("layer_norm_fwd", ln.layer_norm_fwd, (x, w, b, 1e-5)),
         ("layer_norm_fwd-nobias", ln.layer_norm_fwd, (x, w, None, 1e-5)),
         ("layer_norm_bwd", ln.layer_norm_bwd, (*det(torch.randn_like(y), x, w, b, mean, rstd),)),
+        ("add_layer_norm_fwd", aln.add_layer_norm_fwd, (xa, ra, w, b, 1e-5, torch.float16)),
+        ("add_layer_norm_fwd-nobranch", aln.add_layer_norm_fwd,
+         (xa, None, w, None, 1e-5, torch.float32)),
+        ("add_layer_norm_bwd", aln.add_layer_norm_bwd,
+         (*det(torch.randn(7, 100, dtype=torch.float16), torch.randn(7, 100), sa, w, b,
+               mean_a, rstd_a), torch.float16)),
+        ("add_layer_norm_bwd-nods", aln.add_layer_norm_bwd,
+         (*det(torch.randn(7, 100)), None, *det(xa, w), None, *det(mean_a, rstd_a), None)),
         ("linear_gelu_fwd", lg.linear_gelu_fwd, (xg, wg, bg, True)),
         ("linear_gelu_fwd-noh", lg.linear_gelu_fwd, (*det(xg, wg), None, False)),
         ("linear_gelu_bwd", lg.linear_gelu_bwd,
          (*det(torch.randn(9, 33), h, xg, wg), True, True, True)),
+        ("gelu_bwd", lg.gelu_bwd, (*det(torch.randn(9, 33), h), torch.float32, True)),
+        ("gelu_bwd-half", lg.gelu_bwd, (*det(torch.randn(9, 33), h), torch.float16, False)),
+        ("linear_bwd", lg.linear_bwd, (*det(torch.randn(9, 33), xg, wg), True, True, True)),
+        ("linear_bwd-dx", lg.linear_bwd, (*det(torch.randn(9, 33), xg, wg), False, True, False)),
         ("cross_entropy_fwd-mean", ce.cross_entropy_fwd, (logits, tgt, -100, "mean", True)),
         ("cross_entropy_fwd-none", ce.cross_entropy_fwd, (logits, tgt, -100, "none", True)),
         ("cross_entropy_bwd", ce.cross_entropy_bwd, (*det(dlogits), torch.tensor(2.0), scale.detach())),
