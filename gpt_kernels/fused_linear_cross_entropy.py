@@ -55,11 +55,9 @@ computes them and tests/test_roofline.py checks them). FLOPs are the same before
 
 Memory (GPT-2 sizes, bf16 under autocast): one 2048 x 50304 chunk buffer (206 MB), float32
 ``grad_weight`` (155 MB), bf16 ``grad_x`` (12.6 MB), the bf16 copies of x and weight
-autocast needs (90 MB). Backward scales the saved gradients by the upstream gradient in
-place, so no second (V, C) float32 tensor exists at backward; under
-``backward(retain_graph=True)`` it makes new scaled copies instead, so backward twice gives
-the same answer. The whole step's metered peak (``python -m bench.memory --paths=triton``,
-fake tensors) went from 4.952 GB (128-row chunks, copies in backward) to 4.930 GB.
+autocast needs (90 MB). Backward scales the saved gradients by the upstream gradient into
+new tensors (the saved ones are outputs of the forward op, which must not change after it
+returned: opcheck and torch.compile compare them), so backward twice gives the same answer.
 """
 
 from typing import Optional
@@ -297,29 +295,12 @@ def _setup_context(ctx, inputs, output):
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
 
 
-def _keeps_graph():
-    """Whether the backward running now was asked to keep the graph (``retain_graph=True``):
-    then the saved gradients must survive it. Unknown (a torch without the query, or while
-    torch.compile traces the backward) counts as yes."""
-    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if query is None or torch.compiler.is_compiling():
-        return True
-    try:
-        return bool(query())
-    except RuntimeError:  # not inside a graph task (a direct call of the backward)
-        return True
-
-
-def _scaled(saved, g, dtype, in_place):
-    """saved * g in ``dtype``. In place in the saved buffer when the graph is not kept and the
-    buffer is float32 or already ``dtype`` (no second (V, C) float32 tensor at the step's
-    memory peak; a float32 accumulator is then cast once for half parameters). A half buffer
-    bound for a float32 gradient is multiplied into a new float32 tensor instead: scaling it in
-    half precision first would round (float16: flush) what float32 keeps."""
-    if in_place and saved.dtype in (dtype, torch.float32):
-        saved = saved.mul_(g)
-        return saved if saved.dtype == dtype else saved.to(dtype)
-    return torch.mul(saved, g).to(dtype)
+def _scaled(saved, g, dtype):
+    """saved * g in ``dtype``, as a new tensor: the saved gradients are outputs of the forward
+    op, and scaling them in place would change what that op returned (opcheck and
+    torch.compile compare them), so backward twice also gives the same answer. The product is
+    taken in float32: a half buffer bound for a float32 gradient is not rounded first."""
+    return torch.mul(saved.to(torch.float32), g).to(dtype)
 
 
 def _backward(ctx, grad_loss, *_):
@@ -329,15 +310,13 @@ def _backward(ctx, grad_loss, *_):
         gx, gw, gb = flce_bwd_none(x, weight, bias, target, grad_loss, *ctx.args)
     else:
         # the forward already holds the gradients of the summed loss: scale them by
-        # upstream x 1/n_valid, in the saved buffers themselves unless the graph is kept
-        # (then new tensors: backward twice gives the same answer)
+        # upstream x 1/n_valid
         gx, gw, gb, scale = ctx.saved_tensors
         g = grad_loss.to(torch.float32) * scale
-        in_place = not _keeps_graph()
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        gx = _scaled(gx, g, x_dtype, in_place) if need_x else None
-        gw = _scaled(gw, g, w_dtype, in_place) if need_weight else None
-        gb = _scaled(gb, g, b_dtype, in_place) if need_bias and b_dtype is not None else None
+        gx = _scaled(gx, g, x_dtype) if need_x else None
+        gw = _scaled(gw, g, w_dtype) if need_weight else None
+        gb = _scaled(gb, g, b_dtype) if need_bias and b_dtype is not None else None
     return (gx if need_x else None, gw if need_weight else None, gb if need_bias else None,
             None, None, None, None, None, None, None)
 
