@@ -31,6 +31,8 @@ from gpt import checkpoint as gckpt
 from gpt import data as gdata
 from gpt.events import data as events
 from gpt.cli import Opt, UsageError, check, defaults, parse, run_main
+from gpt.files import atomic_path
+from gpt.hardware import DTYPES, GPUS, peak_bf16_flops
 from gpt.model import GPT, GPTConfig
 from gpt.pretrained import HF_NAMES
 
@@ -115,7 +117,7 @@ OPTIONS = {
 DEFAULTS = defaults(OPTIONS)
 
 # Peak dense bf16 tensor-core FLOP/s from the vendors' datasheets, for the MFU estimate.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+PEAK_BF16_FLOPS = {name: gpu.bf16_flops for name, gpu in GPUS.items()}
 
 # Named datasets: source for gpt.data.load_text and default tokenizer.
 DATASETS = {
@@ -264,8 +266,7 @@ def prepare_data(cfg):
 def peak_flops(device_type, dtype):
     if device_type != "cuda" or dtype == "float32":
         return None  # no meaningful tensor-core peak for CPUs or plain fp32
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return peak_bf16_flops(torch.cuda.get_device_name())
 
 
 def forward_backward(model, get_batch, accum_steps, autocast_ctx, scaler, parallel=None):
@@ -339,10 +340,9 @@ def plot_losses(metrics_path, png_path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = Path(png_path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 def sample_start(tokenizer):
@@ -550,7 +550,7 @@ def _train(cfg, run):
     if run.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 matmuls on Ampere+
         torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[run.dtype]
+    ptdtype = DTYPES[run.dtype]
     autocast_ctx = (nullcontext() if run.dtype == "float32"
                     else torch.autocast(device_type=run.device_type, dtype=ptdtype))
     accum = cfg["gradient_accumulation_steps"] // run.world_size

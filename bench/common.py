@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from gpt.cli import UsageError
+from gpt import files
+from gpt.errors import UsageError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -262,12 +263,7 @@ def unique_path(path):
 
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically (temporary file + rename); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return files.write_text(path, text)
 
 
 def write_json(path, doc):
@@ -351,11 +347,7 @@ def write_results(path, meta, section, payload, ceilings=None):
         doc["ceilings"] = ceilings
     doc.setdefault("ceilings", None)
     doc[section] = payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(path, doc, indent=1)
 
 
 def log(*args):

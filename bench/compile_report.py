@@ -545,11 +545,7 @@ def _cached(cache_dir, key):
 
 
 def _store(cache_dir, key, result):
-    path = _cache_file(cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, **result}))
-    os.replace(tmp, path)
+    write_text(_cache_file(cache_dir, key), json.dumps({"key": key, **result}))
 
 
 def _compile_job(job):

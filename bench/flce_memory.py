@@ -47,7 +47,7 @@ from gpt.cli import Opt, UsageError, parse, resolve_device, run_main  # noqa: E4
 
 IGNORE_INDEX = -1
 ISSUE_SIZE = (8192, 768, 50304)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from gpt.hardware import DTYPES  # noqa: E402
 
 
 def unfused(x, w, target):

@@ -85,7 +85,7 @@ OPS = ("flash_attention", "layer_norm", "linear_gelu", "cross_entropy",
        "fused_linear_cross_entropy")
 COMMON_PROVIDERS = ("triton", "torch", "compile", "liger")
 ATTENTION_PROVIDERS = ("naive", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from gpt.hardware import DTYPES  # noqa: E402
 # float32 where it matters: the residual stream LayerNorm reads is float32 under autocast, and
 # logits are often upcast before the loss
 KERNEL_DTYPES = {

@@ -61,7 +61,7 @@ from gpt.cli import Opt, UsageError, parse, run_main
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PATHS = ("triton", "torch", "nanogpt")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from gpt.hardware import DTYPES  # noqa: E402
 GIB = 2**30
 
 OPTIONS = {

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.common import RESULTS_DIR, REPO_ROOT, replace_block, write_text
 from gpt.cli import Opt, UsageError, defaults, parse, run_main
+from gpt.files import atomic_path
 
 PROG = "python -m bench.report"
 OPTIONS = {
@@ -360,12 +361,9 @@ def plot_train(doc, png):
 def _save(fig, png):
     import matplotlib.pyplot as plt
 
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 # ----------------------------------------------------------------------------- README

@@ -12,13 +12,13 @@ a tab (a shell passes them through as two characters); a double backslash is one
 """
 
 import math
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from gpt.cli import Opt, UsageError, defaults, parse, resolve_device, run_main
+from gpt.files import atomic_path
 
 PROG = "python -m gpt.attention_maps"
 OPTIONS = {
@@ -116,10 +116,9 @@ def plot_attention(weights, labels, layers, path, title=""):
     if title:
         fig.suptitle(title)
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.cli import Opt, parse, run_main
+from gpt.errors import UsageError
+from gpt.files import atomic_path
 
 __all__ = ["PLAIN", "SHARDED", "find", "save_plain", "save_sharded", "read_meta",
            "load_sharded", "rng_state", "set_rng_state", "load_for_inference", "export"]
@@ -76,10 +78,8 @@ def set_rng_state(state, device_type):
 
 def save_plain(path, state):
     """torch.save to a temporary file, then rename: a crash never loses the last checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 # ----------------------------------------------------------------------------- sharded

@@ -38,9 +38,7 @@ __all__ = ["Opt", "UsageError", "ConfigError", "defaults", "parse", "parse_overr
            "check_value", "help_text", "resolve_device", "run_main"]
 
 
-class UsageError(ValueError):
-    """A mistake of the user's (bad option, bad value, missing file), not a bug: `run` prints
-    it as one line. A ValueError, so library callers can catch it as one."""
+from gpt.errors import UsageError  # noqa: E402  (defined apart so libraries need not import the CLI)
 
 
 ConfigError = UsageError  # the older name

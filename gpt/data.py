@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.cli import Opt, parse, run_main
+from gpt.errors import UsageError
+from gpt.files import write_bytes
 from gpt.tokenizer import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, get_tokenizer, load_tokenizer
 
 DEFAULT_SOURCE = "shakespeare"
@@ -218,10 +220,7 @@ def load_text(source: str = DEFAULT_SOURCE, cache_dir=None) -> str:
 # prepare: text -> token files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+_write_atomic = write_bytes
 
 
 def _source_id(source) -> str:

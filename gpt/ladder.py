@@ -42,6 +42,7 @@ import torch.nn as nn
 
 import gpt_kernels
 from gpt.cli import Opt, UsageError, parse, resolve_device, run_main
+from gpt.files import atomic_path, write_text
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import CharTokenizer
 
@@ -355,10 +356,7 @@ def table(records, causal=True):
     return "\n".join(lines)
 
 
-def _write_atomic(path, text):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write_atomic = write_text
 
 
 def plot(records, path, vocab_size):
@@ -385,10 +383,9 @@ def plot(records, path, vocab_size):
     b.axhline(math.log(vocab_size), ls=":", c="gray", label="uniform (ln V)")
     b.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def parse_rungs(text):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import gpt_kernels
+from gpt import flops
 
 # ignored target id in `GPT.forward` (nanoGPT's convention; F.cross_entropy's default is -100)
 IGNORE_INDEX = -1
@@ -321,9 +322,7 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward): 6N for the matmuls with the weights
         plus 12 * L * T * C for attention's QK^T and AV (PaLM appendix B, as nanoGPT)."""
-        cfg = self.config
-        T = cfg.block_size if seq_len is None else seq_len
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+        return flops.flops_per_token(self.config, seq_len)["total"]
 
     def estimate_mfu(self, tokens_per_iter, dt, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved training FLOP/s over `peak_flops` (FLOP/s)."""

@@ -13,12 +13,12 @@ may be absent (it is tied to `transformer.wte.weight`).
 """
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from gpt.files import atomic_path
 from gpt.model import GPT, GPTConfig
 
 HF_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -168,9 +168,8 @@ def save_pretrained(model, folder):
               initializer_range=0.02, tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256)
     for name, write in (("model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})),
                         ("config.json", lambda p: p.write_text(json.dumps(hf, indent=2)))):
-        tmp = folder / (name + ".tmp")
-        write(tmp)
-        os.replace(tmp, folder / name)
+        with atomic_path(folder / name) as tmp:
+            write(tmp)
     return folder
 
 

@@ -10,12 +10,12 @@ length, and the model is loaded once. The table goes to stdout, or with --output
 (written atomically). `python -m gpt.sample_table --help` lists the options.
 """
 
-import os
 from pathlib import Path
 
 import torch
 
 from gpt.cli import Opt, UsageError, _convert, check_value, parse, resolve_device, run_main
+from gpt.files import write_text
 from gpt import sample as gsample
 
 PROG = "python -m gpt.sample_table"
@@ -97,10 +97,7 @@ def main(argv=None):
     table = sample_table(cfg)
     if cfg["output"]:
         path = Path(cfg["output"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(table, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, table)
         print(f"wrote {path}")
     else:
         print(table, end="")

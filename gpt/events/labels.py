@@ -40,13 +40,13 @@ schemas before they are written (temporary file + rename); pyarrow and meds load
 """
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from gpt.cli import UsageError
+from gpt.errors import UsageError
+from gpt.files import atomic_path
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 DAY_US = 86_400 * 1_000_000
@@ -231,14 +231,8 @@ def _table(labels, extra=None):
 def _write_parquet(path, table):
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

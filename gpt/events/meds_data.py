@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt.cli import UsageError
+from gpt.errors import UsageError
 
 SPLITS = ("train", "tuning", "held_out")
 REQUIRED = ("subject_id", "time", "code")
