@@ -38,7 +38,7 @@ benchmark: install-test
 # Every kernel x config x dtype compiled for sm_80 / sm_90 with Triton's compiler (no GPU
 # needed): registers, spills, shared memory; results in bench/results/compile-*.json
 compile-report: install
-	$(PYTHON) -m bench.compile_report $(ARGS)
+	$(PYTHON) -m tools.compile_report $(ARGS)
 
 # The compile check with the oldest supported Triton (pyproject.toml), the GPU image's (3.6)
 # and the newest tested, each installed alone with pip --target under ~/.cache/gpt-triton/compat;
@@ -46,7 +46,7 @@ compile-report: install
 # twin of the GPU image: torch 2.11, Triton 3.6, numpy 2.5), interpreter included
 COMPAT_PYTHONS ?=
 compat: install
-	$(PYTHON) -m bench.compat --pythons=$(COMPAT_PYTHONS) $(ARGS)
+	$(PYTHON) -m tools.compile_report.compat --pythons=$(COMPAT_PYTHONS) $(ARGS)
 
 # On a machine with an NVIDIA GPU, inside a time budget (docs/gpu.md): GPU tests, training
 # step, attention and kernel benchmarks, report (all into OUT, nothing else written). Installs only what is missing:

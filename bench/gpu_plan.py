@@ -7,10 +7,10 @@ A Triton kernel compiles once per distinct binary (kernel x specialisation x con
 target) in a process, and an autotuned launch benchmarks every config it is offered once per
 distinct autotune key. Both are counted here from the launches themselves: each benchmark
 step's Triton launches run on fake CUDA tensors with the compile report's stand-in H100/H200
-(``bench.compile_report.stand_in_gpu``: sm_90, its shared memory and SM count), each
+(``tools.compile_report.chips.stand_in_gpu``: sm_90, its shared memory and SM count), each
 autotuned launch expanded into the configs its pruning offers on that chip, and each config
-keyed as Triton keys its binaries (``bench.triton_compile.spec_key``). What a step costs is
-then
+keyed as Triton keys its binaries (``tools.compile_report.triton_compile.spec_key``). What a
+step costs is then
 
     compiles x seconds per compile  +  autotune benchmarks x seconds per benchmark
     +  measurements x seconds per measurement  +  process start and ceilings
@@ -137,15 +137,16 @@ def count(launch_fns):
     stand-in sm_90."""
     import torch
 
-    from bench.compile_report import TARGETS, _launch_of, offered_configs, stand_in_gpu
-    from bench.triton_compile import describe, jit_function, spec_key
+    from tools.compile_report.chips import TARGETS, stand_in_gpu
+    from tools.compile_report.launches import launch_of, offered_configs
+    from tools.compile_report.triton_compile import describe, jit_function, spec_key
 
     target = TARGETS["sm_90"]
     binaries, tuned = set(), defaultdict(int)
     for fn in launch_fns:
         with stand_in_gpu(target, "highest") as launches:
             fn(torch)
-            recorded = [_launch_of(k, a, kw) for k, _, a, kw in launches]
+            recorded = [launch_of(k, a, kw) for k, _, a, kw in launches]
             expanded = [(launch, offered_configs(launch)) for launch in recorded]
         for launch, offered in expanded:
             descs = [describe(a) for a in launch.args]

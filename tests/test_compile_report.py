@@ -1,6 +1,6 @@
 """The kernels compiled for real chips in CI: Triton's compiler, no GPU.
 
-``python -m bench.compile_report --subset=ci`` compiles every kernel x dtype at GPT-2 small's
+``python -m tools.compile_report --subset=ci`` compiles every kernel x dtype at GPT-2 small's
 shapes for sm_80 and sm_90, the largest config each autotuner offers per launch (the one
 closest to spilling), and fails on a compile error, a register spill or shared memory over
 the chip's limit, or on an offered config that the committed full report did not compile
@@ -31,7 +31,7 @@ DOT_KERNELS = {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_linear_gelu_fwd"
 
 def report(out, cache_dir, *args):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "bench.compile_report", "--subset=ci", f"--out={out}",
+    cmd = [sys.executable, "-m", "tools.compile_report", "--subset=ci", f"--out={out}",
            f"--cache_dir={cache_dir}", "--markdown=False", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
@@ -107,11 +107,11 @@ def test_a_bad_config_fails_the_check(ci_report, tmp_path):
 
 def test_report_refuses_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "bench.compile_report", "--subset=ci"],
+    proc = subprocess.run([sys.executable, "-m", "tools.compile_report", "--subset=ci"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "python -m bench.compile_report: error: TRITON_INTERPRET=1 is set: the kernels would "
+        "python -m tools.compile_report: error: TRITON_INTERPRET=1 is set: the kernels would "
         "offer the interpreter's single config, not what a GPU run offers; unset it"]
 
 
@@ -122,11 +122,11 @@ def test_report_refuses_the_interpreter():
     (["--subset=ci", "--update_readme=True"], "--subset=full"),
 ])
 def test_report_usage_errors(argv, match):
-    from bench import compile_report
-    from gpt.cli import UsageError
+    from gpt.errors import UsageError
+    from tools.compile_report import cli
 
     with pytest.raises(UsageError, match=match):
-        compile_report.main(argv)
+        cli.main(argv)
 
 
 def test_interpreter_offers_one_config():

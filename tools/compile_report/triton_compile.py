@@ -150,7 +150,16 @@ def _run(cmd):
 
 class _PtxasTap:
     """Triton's NVIDIA backend runs ``ptxas -v`` (registers, spills) and throws the log
-    away; standing in for its ``subprocess`` module, this keeps the command and the log."""
+    away; standing in for its ``subprocess`` module, this keeps the command and the log.
+
+    A patch, because no public Triton API gives them without a GPU (Triton 3.9, read
+    2026-12-05): ``make_cubin`` writes the log to a temporary file and deletes it; the knob
+    ``TRITON_DUMP_PTXAS_LOG`` only prints it to stdout, without the command line the report
+    records; and ``CompiledKernel.n_regs`` / ``n_spills`` come from the driver's
+    ``load_binary``, which needs a GPU (Triton's own comment there: "TODO: n_regs, n_spills
+    should be metadata generated when calling `ptxas`"). Without the tap the log is
+    ``_ptxas_again``'s own ptxas run, recorded as ``ptxas_log_from="rerun"``.
+    """
 
     def __init__(self, real):
         self._real = real

@@ -1,14 +1,15 @@
 """The tested Triton range: the compile check with the oldest supported Triton and the newest.
 
-    make compat                                        # that is: python -m bench.compat
-    python -m bench.compat --versions=3.2.0,3.6.0,3.9.0
-    python -m bench.compat --subset=full               # the full compile report per version
-    python -m bench.compat --versions=none --pythons=/work/venv312/bin/python --targets=sm_90
+    make compat                     # that is: python -m tools.compile_report.compat
+    python -m tools.compile_report.compat --versions=3.2.0,3.6.0,3.9.0
+    python -m tools.compile_report.compat --subset=full  # the full compile report per version
+    python -m tools.compile_report.compat --versions=none \
+        --pythons=/work/venv312/bin/python --targets=sm_90
 
 Each version is installed on its own, next to nothing else, with
 ``pip install --no-deps --target <dir> triton==X`` (Triton does not depend on torch, and
 the installed torch is left alone), into ``~/.cache/gpt-triton/compat/triton-X`` (kept for
-the next run). Then ``python -m bench.compile_report`` runs in a fresh process with that
+the next run). Then ``python -m tools.compile_report`` runs in a fresh process with that
 directory first on ``sys.path`` (``PYTHONPATH``), so the kernels are compiled by that
 Triton for sm_80 and sm_90, every dtype, every config the autotuners offer. A version
 passes when every config compiles, spills nothing and fits in shared memory.
@@ -31,10 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.cli import Opt, parse, run_main
+from gpt.errors import UsageError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROG = "python -m bench.compat"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROG = "python -m tools.compile_report.compat"
 NEWEST = "3.9.0"  # the newest Triton release checked; raise it after `make compat` passes
 IMAGE = "3.6.0"  # the GPU image's Triton (torch 2.11): bench.gpu_check runs there
 # the interpreter check of --pythons: a few kernel tests of each kind (forward, backward,
@@ -92,7 +94,7 @@ def check_version(version, cfg, out):
     path = install(version, cfg["install_dir"])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(path), str(REPO_ROOT)])
-    cmd = [sys.executable, "-m", "bench.compile_report", f"--subset={cfg['subset']}",
+    cmd = [sys.executable, "-m", "tools.compile_report", f"--subset={cfg['subset']}",
            f"--targets={cfg['targets']}", f"--workers={cfg['workers']}",
            f"--cache={cfg['cache']}", f"--out={out}"]
     print(f"\n==> triton {version}: {' '.join(cmd[1:])}", flush=True)
@@ -119,7 +121,7 @@ def check_python(python, cfg, out):
                     error=probe.stderr.strip().splitlines()[-1:])
     py, torch_v, triton_v, numpy_v = probe.stdout.split()
     label = f"{triton_v} (python {py}, torch {torch_v}, numpy {numpy_v})"
-    cmd = [python, "-m", "bench.compile_report", f"--subset={cfg['subset']}",
+    cmd = [python, "-m", "tools.compile_report", f"--subset={cfg['subset']}",
            f"--targets={cfg['targets']}", f"--workers={cfg['workers']}",
            f"--cache={cfg['cache']}", f"--out={out}"]
     print(f"\n==> {label}: {' '.join(cmd[1:])}", flush=True)
