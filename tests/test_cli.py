@@ -18,6 +18,8 @@ from bench import kernels as bench_kernels
 from bench import train as bench_train
 from gpt import attention_maps, data, sample
 from gpt.cli import run_main
+from tools.compile_report import cli as compile_report
+from tools.compile_report import compat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,10 @@ ENTRY_POINTS = {
     "python -m bench.flce_memory": (flce_memory, [sys.executable, "-m", "bench.flce_memory"]),
     "python -m bench.nanogpt_cpu": (nanogpt_cpu, [sys.executable, "-m", "bench.nanogpt_cpu"]),
     "python -m bench.memory": (memory, [sys.executable, "-m", "bench.memory"]),
+    "python -m tools.compile_report": (compile_report,
+                                       [sys.executable, "-m", "tools.compile_report"]),
+    "python -m tools.compile_report.compat": (compat, [sys.executable, "-m",
+                                                       "tools.compile_report.compat"]),
 }
 
 # One typical mistake per entry point, run as a real process: (arguments, text the error names)
@@ -49,6 +55,8 @@ SUBPROCESS_MISTAKES = {
     "python -m bench.flce_memory": (["--dtype=float64"], "--dtype must be one of"),
     "python -m bench.nanogpt_cpu": (["--nanogpt=."], "--nanogpt=.: not a nanoGPT checkout"),
     "python -m bench.memory": (["--preset=gpt5"], "--preset must be custom or one of"),
+    "python -m tools.compile_report": (["--targets=sm_70"], "sm_70"),
+    "python -m tools.compile_report.compat": (["--versions=abc"], "--versions must be release"),
 }
 
 
