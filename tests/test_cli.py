@@ -16,7 +16,7 @@ import train
 from bench import flce_memory, generate, memory, nanogpt_cpu, report
 from bench import kernels as bench_kernels
 from bench import train as bench_train
-from gpt import attention_maps, data, sample
+from gpt import attention_maps, data, pretrained, sample
 from gpt.cli import run_main
 from tools.compile_report import cli as compile_report
 from tools.compile_report import compat
@@ -29,6 +29,7 @@ ENTRY_POINTS = {
     "python -m gpt.sample": (sample, [sys.executable, "-m", "gpt.sample"]),
     "python -m gpt.attention_maps": (attention_maps, [sys.executable, "-m", "gpt.attention_maps"]),
     "python -m gpt.data": (data, [sys.executable, "-m", "gpt.data"]),
+    "python -m gpt.pretrained": (pretrained, [sys.executable, "-m", "gpt.pretrained"]),
     "python -m bench.kernels": (bench_kernels, [sys.executable, "-m", "bench.kernels"]),
     "python -m bench.train": (bench_train, [sys.executable, "-m", "bench.train"]),
     "python -m bench.report": (report, [sys.executable, "-m", "bench.report"]),
