@@ -7,8 +7,9 @@
 
 For every op of a step (forward + backward together), on each path
 
-- ``triton``: ``GPT(kernels="triton")`` as the code on this branch runs it (our kernels, cuBLAS
-  for the plain Linears, autocast's casts around them);
+- ``triton``: ``GPT(kernels="triton")`` as the code runs it (our kernels, the fused residual
+  add + LayerNorm, the LayerNorm outputs and gelu(h) recomputed in backward as
+  ``Block.recompute`` does, cuBLAS for the plain matmuls, the casts around them);
 - ``eager``: ``GPT(kernels="torch")``, eager PyTorch with SDPA's flash attention and the
   unfused lm_head + ``F.cross_entropy`` (float32 logits under autocast);
 - ``compile``: what ``torch.compile`` (Inductor) makes of the eager path: each chain of
@@ -18,8 +19,8 @@ For every op of a step (forward + backward together), on each path
 it counts FLOPs (matmul and attention; 2 per multiply-add), the fewest bytes the op must move
 (its inputs read once, its outputs written once), the bytes the implementation actually moves
 (each kernel's reads and writes of DRAM, every operand counted at each kernel that reads it:
-no credit for L2 hits), the kernel launches, and for ``linear_gelu``'s backward the
-thread-instructions spent re-forming dh = dy * gelu'(h) in every output tile. From a device's
+no credit for L2 hits), the kernel launches, and for ``linear_gelu``'s backward pass the
+thread-instructions it spends per element on dh = dy * gelu'(h). From a device's
 ceilings (bf16 tensor-core FLOP/s, DRAM bytes/s, a fixed gap per launch, non-tensor
 instructions/s) it derives:
 
@@ -29,16 +30,18 @@ instructions/s) it derives:
 and per path the step's sum, tokens/s and the ratios between paths. These are estimates
 (+-30-50% absolute: no kernel reaches the ceilings, and overlap between kernels is ignored);
 the ratios are firmer, since every path is counted the same way. A GPU results JSON
-(``bench.train``'s "train" section, its "paths" records) puts measured step times beside the predictions.
+(``bench.train``'s "train" section, its "paths" records) puts measured step times beside the
+predictions.
 
-Each op's counts are one small function ``op_<name>(s, path) -> Op`` (below): a kernel change
-updates that function, and the tests check its FLOPs against
-``torch.utils.flop_counter.FlopCounterMode`` on fake tensors and its bytes against the
-tensors' sizes.
+Each op's counts are one small function ``op_<name>(s, path) -> Op`` (below), and an op's
+row means the same work on every path (``op_residual_ln``: everything a block does to its
+residual stream between the matmuls). A kernel change updates that function; the tests check
+its FLOPs against ``torch.utils.flop_counter.FlopCounterMode`` on fake tensors, and a block's
+bytes and launches against the kernels a real block runs (the triton path's exactly; eager's
+but for SDPA).
 """
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
