@@ -655,8 +655,25 @@ def report(s, devices, results=None):
                 m = measured.get(path)
                 row += f" {m:.1f} |" if m is not None else " - |"
             lines.append(row)
-        lines.append("")
+        lines += ["", *_compare_ops(summary, d), ""]
     return "\n".join(lines), summary
+
+
+def _compare_ops(summary, d):
+    """Per op, the predicted ms and GB moved on each path side by side, and the triton path's
+    difference from the others (the rows mean the same work on every path)."""
+    ops = {p: summary[(d.name, p)]["ops"] for p in PATHS}
+    lines = ["| op | triton ms | eager ms | compile ms | triton - eager ms | triton - compile ms "
+             "| GB moved (triton / eager / compile) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rows in zip(*(ops[p] for p in PATHS)):
+        if len({r["op"] for r in rows}) != 1:
+            raise ValueError(f"ops differ across paths: {[r['op'] for r in rows]}")
+        t, e, c = (r["predicted"] * 1e3 for r in rows)
+        gb = " / ".join(f"{r['bytes'] / GB:.2f}" for r in rows)
+        lines.append(f"| {rows[0]['op']} | {t:.2f} | {e:.2f} | {c:.2f} | {t - e:+.2f} | "
+                     f"{t - c:+.2f} | {gb} |")
+    return lines
 
 
 PROG = "python -m bench.roofline"
