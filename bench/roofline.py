@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpt.cli import Opt, UsageError, parse, run_main  # noqa: E402
+from gpt.hardware import GPUS  # noqa: E402
 
 PATHS = ("triton", "eager", "compile")
 GB = 1e9
@@ -70,16 +71,17 @@ class Device:
 # H100 SXM and H200 share the GH100 die, clocks and 132 SMs; only the memory differs. The
 # matmul ceiling is the one measured on an H200 (a large bf16 matmul on random data, ~790
 # TFLOP/s, issue 20); the H200's bandwidth is its measured device copy (~4.3 TB/s), the
-# H100's and A100's are datasheet figures. The non-tensor rate is 132 SMs x 128 lanes x 1.98
-# GHz (one 32-bit instruction per lane per clock). The launch gap (2 us between back-to-back
-# kernels) is an assumption, not a measurement: --launch_us changes it.
+# H100's and A100's are the datasheet figures of gpt.hardware.GPUS. The non-tensor rate is
+# 132 SMs x 128 lanes x 1.98 GHz (one 32-bit instruction per lane per clock). The launch gap
+# (2 us between back-to-back kernels) is an assumption, not a measurement: --launch_us
+# changes it.
 DEVICES = {
-    "H100": Device("H100 SXM", 790e12, 3.35e12, 2e-6, 132 * 128 * 1.98e9,
+    "H100": Device("H100 SXM", 790e12, GPUS["H100"].bandwidth, 2e-6, 132 * 128 * 1.98e9,
                    "matmul: H200 measurement (same die); bandwidth: H100 SXM datasheet"),
     "H200": Device("H200", 790e12, 4.3e12, 2e-6, 132 * 128 * 1.98e9,
                    "matmul and copy ceilings measured on an H200 (issue 20)"),
-    "A100": Device("A100 SXM 80GB", 312e12, 2.039e12, 2e-6, 108 * 64 * 1.41e9,
-                   "datasheet: 312 TFLOP/s bf16 dense, 2.039 TB/s"),
+    "A100": Device("A100 SXM 80GB", GPUS["A100"].bf16_flops, GPUS["A100"].bandwidth, 2e-6,
+                   108 * 64 * 1.41e9, "datasheet: 312 TFLOP/s bf16 dense, 2.039 TB/s"),
 }
 
 
