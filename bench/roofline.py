@@ -245,7 +245,6 @@ def op_attention(s, path):
     c = _Count()
     c.k("fwd", 3 * act, act + lse)
     if path == "triton":
-        c.k("zero grad of lse", 0, lse)  # autograd materialises the unused output's grad
         c.k("bwd preprocess", 2 * act, lse)
         c.k("bwd dk dv", 4 * act + 2 * lse, 2 * act)
         c.k("bwd dq", 4 * act + 2 * lse, act)
@@ -321,8 +320,6 @@ def op_residual_ln(s, path):
         c.k("MLP branch grad to bf16", E * 4, E * e)
         for ln in ("ln_2", "ln_1"):
             c.k(f"recompute {ln}'s y", E * 4 + P, E * e + stats)
-            # autograd materialises zero gradients for the statistics (outputs it ignores)
-            c.k(f"{ln} zero grads of mean, rstd", 0, stats, launches=2)
             if ln == "ln_2":
                 c.k("ln_2 bwd: dx + ds, dbranch, partials", E * (e + 4 + 4) + stats + C * 4,
                     E * (4 + e) + parts)
@@ -383,7 +380,6 @@ def op_ln_f(s, path):
     elif path == "triton":
         parts = (2 if s.bias else 1) * ln_bwd_programs(s) * C * 4
         c.k("fwd", E * 4 + P, E * 4 + stats)
-        c.k("zero grads of mean, rstd", 0, stats, launches=2)
         c.k("bwd dx, partials", E * 8 + stats + C * 4, E * 4 + parts)
         c.k("reduce partials", parts, P)
     else:

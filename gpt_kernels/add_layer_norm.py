@@ -45,6 +45,8 @@ Memory: nothing is saved that the unfused pair did not save (s, the statistics);
 y of the unfused LayerNorm, a (M, C) temporary, is never allocated.
 """
 
+import torch
+
 from gpt_kernels import reference
 from gpt_kernels._library import define_op, use_triton
 # the kernels and launchers are LayerNorm's, with the add switched on
@@ -62,8 +64,12 @@ add_layer_norm_bwd = define_op("add_layer_norm_bwd", add_layer_norm_backward)
 
 def _setup_context(ctx, inputs, output):
     x, branch, weight, bias, _eps, _out_dtype = inputs
-    s, _y, mean, rstd = output
+    s, y, mean, rstd = output
+    ctx.y_dtype = y.dtype
     ctx.mark_non_differentiable(mean, rstd)  # statistics for backward, not results
+    # an unused output's gradient arrives as None instead of a zero-filled tensor: no launch
+    # for the statistics' gradients (never read) nor for s's when there is no branch
+    ctx.set_materialize_grads(False)
     ctx.has_branch = branch is not None
     ctx.branch_dtype = branch.dtype if branch is not None else None
     # without a branch the normalised input is x itself
@@ -74,6 +80,8 @@ def _backward(ctx, ds, dy, _dmean, _drstd):
     s, weight, bias, mean, rstd = ctx.saved_tensors
     if not ctx.has_branch:
         ds = None  # s was an empty placeholder: no gradient flows through it
+    if dy is None:  # only s was used (rare): y's gradient is zero
+        dy = torch.zeros(s.shape, dtype=ctx.y_dtype, device=s.device)
     dx, dr, dw, db = add_layer_norm_bwd(dy, ds, s, weight, bias, mean, rstd, ctx.branch_dtype)
     need_x, need_r, need_w, need_b, _, _ = ctx.needs_input_grad
     if need_r and ctx.branch_dtype == s.dtype:

@@ -849,6 +849,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, causal, sm_scale, dropout_p, seed = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)  # saved for backward, not a result
+    ctx.set_materialize_grads(False)  # no zero-filled lse gradient: backward never reads it
     ctx.save_for_backward(q, k, v, out, lse, seed)
     ctx.causal, ctx.sm_scale, ctx.dropout_p = causal, sm_scale, dropout_p
 

@@ -315,6 +315,8 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, _eps = inputs
     _y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)  # statistics for backward, not results
+    # their gradients would be zero-filled tensors backward never reads: two launches saved
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, bias, mean, rstd)
 
 

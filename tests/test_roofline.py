@@ -268,9 +268,9 @@ def test_predicted_triton_over_eager_on_the_h100():
     # (docs/roofline.md): a kernel change that moves it updates this number knowingly.
     s, d = rl.Shape(), rl.DEVICES["H100"]
     t = {p: rl.step_summary(s, p, d)["total"]["predicted"] for p in rl.PATHS}
-    assert t["eager"] / t["triton"] == pytest.approx(1.379, abs=5e-4)
+    assert t["eager"] / t["triton"] == pytest.approx(1.392, abs=5e-4)
     assert t["eager"] / t["triton"] >= 1.2
-    assert t["compile"] / t["triton"] == pytest.approx(0.959, abs=5e-4)
+    assert t["compile"] / t["triton"] == pytest.approx(0.968, abs=5e-4)
 
 
 def test_command_line_report_and_results(tmp_path, capsys):
