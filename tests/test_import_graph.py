@@ -110,8 +110,8 @@ def strongly_connected(graph):
                 parent = work[-1][0]
                 low[parent] = min(low[parent], low[node])
             if low[node] == index[node]:  # node is the root of a component: pop it off
-                component = set()
-                while not component or member != node:
+                component, member = set(), None
+                while member != node:
                     member = stack.pop()
                     on_stack.discard(member)
                     component.add(member)
