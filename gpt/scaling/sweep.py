@@ -1,10 +1,11 @@
 """`python -m gpt.scaling sweep`: an IsoFLOP sweep that really trains.
 
 At each compute budget C it picks the model sizes nearest N = sqrt(C / (6 * tokens_per_param)),
-trains each for C / (6 N) tokens with train.py (`run_one` calls `train.train`), evaluates every checkpoint on the same validation windows, fits a parabola of loss
-against log N per budget and N_opt = k * C^a across budgets (`gpt.scaling.laws`), and draws
-`scaling.png` (`gpt.scaling.plot`). Each run leaves a JSON record, so a sweep resumes where it
-stopped; `sweep.json` holds the settings, the machine, every run and the fits.
+trains each for C / (6 N) tokens with train.py (`run_one` calls `train.train`), evaluates
+every checkpoint on the same validation windows, fits a parabola of loss against log N per
+budget and N_opt = k * C^a across budgets (`gpt.scaling.laws`), and draws `scaling.png`
+(`gpt.scaling.plot`). Each run leaves a JSON record, so a sweep resumes where it stopped;
+`sweep.json` holds the settings, the machine, every run and the fits.
 """
 
 import contextlib
