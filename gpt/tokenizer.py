@@ -1,5 +1,8 @@
 """Tokenizers: characters, a byte-level BPE trained here, and GPT-2's BPE.
 
+One file although over 500 lines: the three kinds share the special-token and tiktoken
+helpers, and `get_tokenizer` / `load_tokenizer` build every kind; each kind is one section.
+
 Every tokenizer has the same small interface:
 
     tok.name, tok.vocab_size, tok.eot_token (int or None)
