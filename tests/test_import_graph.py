@@ -68,7 +68,7 @@ def import_graph(modules):
     graph = {}
     for module, file in modules.items():
         edges = set()
-        for node in ast.walk(ast.parse(file.read_text(), filename=str(file))):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"), filename=str(file))):
             targets = _targets(node, module, file)
             if isinstance(node, ast.ImportFrom):
                 # `from pkg import x`: x is a submodule of ours, or a name defined in pkg
@@ -155,9 +155,10 @@ def test_graph_sees_every_kind_of_import(tmp_path):
         "import importlib\n\ndef g():\n    return importlib.import_module('gpt.c')\n")
     (tmp_path / "gpt" / "c.py").write_text("from gpt.a import f\nfrom gpt import d\n")
     (tmp_path / "gpt" / "d.py").write_text("X = 1\n")
+    (tmp_path / "gpt" / "e.py").write_text("import os\nfrom gpt import f\n")  # a name: the package
     graph = import_graph(project_modules(tmp_path))
     assert graph == {"gpt": {"gpt.a"}, "gpt.a": {"gpt.b"}, "gpt.b": {"gpt.c"},
-                     "gpt.c": {"gpt.a", "gpt.d"}, "gpt.d": set()}
+                     "gpt.c": {"gpt.a", "gpt.d"}, "gpt.d": set(), "gpt.e": {"gpt"}}
     assert find_cycles(graph) == [["gpt.a", "gpt.b", "gpt.c", "gpt.a"]]
 
 
