@@ -1,5 +1,8 @@
 """Kernel benchmarks: each Triton kernel against PyTorch at GPT-2 shapes.
 
+One file although over 500 lines: one command's cases, providers and measuring loop, a
+section each (what it shares with the other benchmarks is in bench/common.py).
+
     python -m bench.kernels                                   # everything (tens of minutes on an H100)
     python -m bench.kernels --quick=True                      # fewer shapes
     python -m bench.kernels --ops=flash_attention --dtypes=bfloat16 --modes=fwd+bwd

@@ -1,5 +1,8 @@
 """Memory of one GPT training step, exactly and without a GPU: fake tensors + PyTorch's MemTracker.
 
+One file although over 500 lines: one command's meter, its check against real CPU
+allocations and its report, a section each, sharing the step they all run.
+
     python -m bench.memory                              # gpt2, micro-batch 8, T=1024, bf16, every path
     python -m bench.memory --preset=gpt2-xl --batch_size=1
     python -m bench.memory --preset=custom --n_layer=24 --n_head=16 --n_embd=1024

@@ -1,5 +1,8 @@
 """A roofline model of one GPT training step: where the time goes, counted before any GPU runs.
 
+One file although over 500 lines: one cost function per op of the step (`op_*`), the
+device ceilings and the report form one model, read top to bottom.
+
     python -m bench.roofline                                  # gpt2, B=8, T=1024, bf16, H100 + H200
     python -m bench.roofline --device=A100 --batch_size=16
     python -m bench.roofline --flops=790e12 --bandwidth=4.3e12   # ceilings a GPU run measured

@@ -1,5 +1,8 @@
 """Causal flash attention, forward and backward, as Triton kernels (FlashAttention-2 style).
 
+One file per op (the project's rule): this op's Triton kernels, launchers, autograd and
+`torch.library` registration together, however long.
+
     flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0)
     q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D) in q's dtype
 

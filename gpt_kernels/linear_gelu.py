@@ -1,5 +1,8 @@
 """Linear + tanh-GELU, gelu_tanh(x @ weight.T + bias): Triton forward and backward.
 
+One file per op (the project's rule): this op's Triton kernels, launchers, autograd and
+`torch.library` registration together, however long.
+
 Forward: a tiled matmul (grouped tile order for L2 reuse) whose epilogue adds the bias and
 applies the tanh GELU before the single store of y, so the pre-activation h = x @ W^T + b
 never makes a round trip through memory between the matmul and the activation. When a

@@ -1,5 +1,8 @@
 """Patient timelines: generate the synthetic MEDS dataset, tokenize, evaluate, sample futures.
 
+All the commands in one file: each is its options plus a few lines of calls into the
+`gpt.events` modules that do the work.
+
     python -m gpt.events generate --out=ehr_meds --n_subjects=10000
     python -m gpt.events prepare --dataset=meds:ehr_meds --split_codes=True
     python -m gpt.events eval --out_dir=out-ehr
