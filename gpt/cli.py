@@ -202,7 +202,7 @@ def convert(name, text, opt):
         value = tuple(_scalar(kind, t.strip()) for t in text.split(",") if t.strip())
     except ValueError:
         raise UsageError(f"--{name} expects comma-separated {_PLURALS[kind]}, got {text!r}") from None
-    check_value(name, value, opt)
+    check_value(name, value, opt, text)
     return value
 
 
@@ -210,11 +210,12 @@ def _shown(values):
     return ", ".join(str(c) if c != "" else repr(c) for c in values)
 
 
-def check_value(name, value, opt):
+def check_value(name, value, opt, text=None):
     """Raise UsageError unless value is one of opt.choices and within opt's bounds (each item
-    of a list option; a list may be empty only if its default is)."""
+    of a list option; a list may be empty only if its default is). `text`: the list as the
+    user wrote it, for the message."""
     if opt.is_list:
-        listed = ",".join(str(v) for v in value)
+        listed = text.strip() if text is not None else ",".join(str(v) for v in value)
         if not value and opt.default:
             expected = (f"some of {_shown(opt.choices)}" if opt.choices is not None
                         else _PLURALS[opt.kind])
@@ -346,7 +347,6 @@ def _converter(name, opt):
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    to_value.__name__ = opt.kind  # what argparse would call the type
     return to_value
 
 

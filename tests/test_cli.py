@@ -346,7 +346,7 @@ MISTAKES_OF_THE_PARSER = [
     (["--steps="], "--steps is empty; expected comma-separated some of tests, train, report"),
     (["--sizes=300,256"], "--sizes must be > 257; got 256 (in --sizes='300,256')"),
     (["--sizes=300,big"], "--sizes expects comma-separated ints, got '300,big'"),
-    (["--rates=-1"], "--rates must be >= 0; got -1.0 (in --rates='-1.0')"),
+    (["--rates=1,-1e0"], "--rates must be >= 0; got -1.0 (in --rates='1,-1e0')"),
 ]
 
 
