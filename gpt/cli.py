@@ -123,7 +123,7 @@ class Opt:
 
     @property
     def kind(self):
-        """"bool", "int", "float" or "str": the type of the value, or of a list's items."""
+        """The type of the value, or of a list's items: "bool", "int", "float" or "str"."""
         if not self.is_list:
             return _type_name(self.default)
         if self.item is not None:
@@ -206,8 +206,8 @@ def convert(name, text, opt):
     return value
 
 
-def _shown(values):
-    return ", ".join(str(c) if c != "" else repr(c) for c in values)
+def _shown(values, sep=", "):
+    return sep.join(str(c) if c != "" else repr(c) for c in values)
 
 
 def check_value(name, value, opt, text=None):
@@ -354,8 +354,7 @@ def _add_options(parser, options):
     for group, opts in _groups(options):
         target = parser if group is None else parser.add_argument_group(group)
         for name, opt in opts.items():
-            extra = f" [{' | '.join(str(c) if c != '' else repr(c) for c in opt.choices)}]" \
-                if opt.choices else ""
+            extra = f" [{_shown(opt.choices, ' | ')}]" if opt.choices else ""
             action = target.add_argument(
                 f"--{name}", dest=name, default=argparse.SUPPRESS, type=_converter(name, opt),
                 metavar=_shown_default(opt),
