@@ -19,7 +19,8 @@ from bench import flce_memory, generate, memory, nanogpt_cpu, report
 from bench import kernels as bench_kernels
 from bench import train as bench_train
 from gpt import attention_maps, data, sample
-from gpt.cli import Opt, UsageError, check, defaults, parse, parse_command, run_main
+from gpt.cli import run_main
+from gpt.cli import Opt, UsageError, check, defaults, parse, parse_command  # the parser's tests
 from gpt.events import __main__ as events
 from tools.compile_report import cli as compile_report
 from tools.compile_report import compat
