@@ -1,5 +1,8 @@
 """The one command-line parser of every entry point (train.py, gpt.sample, gpt.data, bench/...).
 
+One file although over 500 lines: one parser, whose half is this docstring saying what it adds
+to argparse and why.
+
 nanoGPT's convention: options are `--name=value`, a positional argument is a config file of
 `name = value` lines (read with `ast`, never executed). Each program declares its options once,
 grouped, with a default and a one-line description::

@@ -8,7 +8,7 @@
     python -m gpt.events predict --out_dir=out-ehr --task=uti_recurrence --labels=labels.parquet
     python -m gpt.events score --predictions=out-ehr/predictions/uti_recurrence/held_out.parquet
 
-(`python -m gpt.events <command> --help` lists a command's options.)
+`python -m gpt.events <command> --help` lists a command's options.
 """
 
 import json
@@ -478,8 +478,10 @@ HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, 
 
 
 def main(argv=None):
-    # the docstring without its last line, which --help's own last line says
-    command, cfg = parse_command(argv, COMMANDS, PROG, description=__doc__.rsplit("\n\n", 1)[0])
+    # --help shows the docstring's title and examples (its other paragraphs are for readers)
+    paragraphs = __doc__.split("\n\n")
+    description = "\n\n".join(paragraphs[:1] + [p for p in paragraphs if p.startswith("    python")])
+    command, cfg = parse_command(argv, COMMANDS, PROG, description=description)
     with torch.no_grad() if command in ("eval", "sample", "predict") else nullcontext():
         return HANDLERS[command](cfg)
 
