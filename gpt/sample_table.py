@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gpt.cli import Opt, UsageError, _convert, check_value, parse, resolve_device, run_main
+from gpt.cli import Opt, UsageError, convert, parse, resolve_device, run_main
 from gpt.files import write_text
 from gpt import sample as gsample
 
@@ -54,8 +54,7 @@ def parse_settings(text):
             if not sep or name not in DECODING:
                 raise UsageError(f"--settings: {item.strip()!r} is not name=value with a name "
                                  f"among {', '.join(DECODING)}")
-            values[name] = _convert(name, value, DECODING[name].default)
-            check_value(name, values[name], DECODING[name])
+            values[name] = convert(name, value, DECODING[name])  # typed and checked as --name
         label = "`" + " ".join(f"--{k}={v}" for k, v in values.items()) + "`"
         rows.append((label, values))
     if not rows:

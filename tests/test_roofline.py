@@ -289,7 +289,7 @@ def test_command_line_report_and_results(tmp_path, capsys):
 
 
 def test_bad_options_are_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match="--device=B200: expected"):
+    with pytest.raises(UsageError, match="--device='B200': unknown B200; choose from H100"):
         rl.main(["--device=B200"])
     with pytest.raises(UsageError, match="--preset=gpt5: unknown"):
         rl.main(["--preset=gpt5"])
