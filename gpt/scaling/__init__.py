@@ -29,7 +29,7 @@ importable from `gpt.scaling` itself, as they were when this was one file.
 from gpt.flops import flops_per_token, param_counts
 from gpt.scaling.cli import (COMMANDS, COUNT_OPTIONS, HARDWARE_OPTIONS, MODEL_OPTIONS,
                              PLAN_OPTIONS, PROG, config_from_options, count, main,
-                             peak_from_options, plan, print_count, print_plan, usage)
+                             peak_from_options, plan, print_count, print_plan)
 from gpt.scaling.laws import (APPROACH1_A, APPROACH1_K, ASPECT_MAX, ASPECT_MIN,
                               ASPECT_PREFERRED, BYTES_PER_DTYPE, CHINCHILLA_A, CHINCHILLA_ALPHA,
                               CHINCHILLA_B, CHINCHILLA_BETA, CHINCHILLA_E, CHINCHILLA_TABLE3,
@@ -57,5 +57,5 @@ __all__ = [
     # cli.py
     "PROG", "MODEL_OPTIONS", "HARDWARE_OPTIONS", "COUNT_OPTIONS", "PLAN_OPTIONS",
     "config_from_options", "peak_from_options", "count", "print_count", "plan", "print_plan",
-    "COMMANDS", "usage", "main",
+    "COMMANDS", "main",
 ]

@@ -5,9 +5,8 @@ The command line of `gpt.scaling`: the `count` and `plan` commands (formulas onl
 options are `gpt.cli.Opt` tables grouped for `--help`.
 """
 
-import sys
 
-from gpt.cli import Opt, parse
+from gpt.cli import Opt, parse_command
 from gpt.errors import UsageError
 from gpt.flops import flops_per_token, param_counts
 from gpt.model import PRESETS, GPTConfig
@@ -219,23 +218,8 @@ COMMANDS = {
 }
 
 
-def usage():
-    lines = [f"usage: {PROG} <command> [--name=value ...]", "", __doc__.split("\n\n")[0], "",
-             "commands:"]
-    lines += [f"  {name:<6} {doc}" for name, (_, _, doc) in COMMANDS.items()]
-    lines += ["", f"`{PROG} <command> --help` lists the command's options."]
-    return "\n".join(lines)
-
-
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        if not argv:
-            raise UsageError("a command is needed: count, plan or sweep (see --help)")
-        print(usage())
-        return None
-    command = argv[0]
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}; choose count, plan or sweep")
-    fn, options, doc = COMMANDS[command]
-    return fn(parse(argv[1:], options, prog=f"{PROG} {command}", description=doc))
+    command, cfg = parse_command(argv, {name: (doc, options)
+                                        for name, (_, options, doc) in COMMANDS.items()},
+                                 PROG, description=__doc__.split("\n\n")[0])
+    return COMMANDS[command][0](cfg)

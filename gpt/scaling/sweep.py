@@ -36,14 +36,15 @@ from gpt.scaling.plot import plot_sweep
 # hence the default centre of 300, and found batches of 16 x 64 tokens better than 32 x 64 at
 # these budgets. Its 15 runs took 16 minutes of CPU time (one thread) on this project's shared
 # 2-core machine; docs/scaling.md has the measured times and a fourth budget.
-DEFAULT_BUDGETS = "5e10,1.5e11,5e11"
-DEFAULT_SIZES = "2x8,2x16,2x24,2x32,2x40,2x48,2x64,2x96"
+DEFAULT_BUDGETS = (5e10, 1.5e11, 5e11)
+DEFAULT_SIZES = ("2x8", "2x16", "2x24", "2x32", "2x40", "2x48", "2x64", "2x96")
 
 SWEEP_OPTIONS = {
     "sweep": dict(
         out_dir=Opt("out/scaling", "results: runs/ (a folder and a JSON record per run), "
                     "sweep.json, scaling.png"),
-        budgets=Opt(DEFAULT_BUDGETS, "compute budgets C = 6 N D in FLOPs, comma-separated"),
+        budgets=Opt(DEFAULT_BUDGETS, "compute budgets C = 6 N D in FLOPs, comma-separated",
+                    gt=0),
         sizes=Opt(DEFAULT_SIZES, "model sizes as n_layer x n_embd, comma-separated"),
         head_dim=Opt(8, "width of each attention head: n_head = n_embd / head_dim", ge=1),
         per_budget=Opt(5, "sizes trained at each budget: those nearest the centre below",
@@ -85,27 +86,21 @@ RUN_KEYS = ("dataset", "tokenizer", "batch_size", "block_size", "n_layer", "n_he
             "warmup_iters", "lr_decay_iters", "min_lr", "seed", "dtype")
 
 
-def _parse_budgets(text):
-    budgets = []
-    for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise UsageError(f"--budgets expects FLOPs like 3e11,1e12; "
-                             f"got {item.strip()!r}") from None
-        if not value > 0 or math.isinf(value):
-            raise UsageError(f"--budgets must be > 0 FLOPs each; got {item.strip()}")
-        budgets.append(value)
-    budgets = sorted(set(budgets))
+def _checked_budgets(values):
+    """--budgets (already numbers > 0) -> sorted distinct budgets, at least 2."""
+    if any(math.isinf(v) for v in values):
+        raise UsageError(f"--budgets must be finite FLOPs; got {','.join(map(str, values))}")
+    budgets = sorted(set(values))
     if len(budgets) < 2:
         raise UsageError(f"--budgets needs at least 2 budgets to fit N_opt ~ C^a (3 or more "
-                         f"for a trustworthy exponent); got {text!r}")
+                         f"for a trustworthy exponent); got {','.join(map(str, values))}")
     return budgets
 
 
-def _parse_sizes(text, head_dim):
+def _parse_sizes(items, head_dim):
+    """--sizes items like "2x64" -> sorted distinct (n_layer, n_embd), at least 3."""
     sizes = []
-    for item in text.split(","):
+    for item in items:
         match = re.fullmatch(r"\s*(\d+)x(\d+)\s*", item)
         if not match or not all(int(g) > 0 for g in match.groups()):
             raise UsageError(f"--sizes expects n_layer x n_embd pairs like 2x64,4x128; "
@@ -116,7 +111,8 @@ def _parse_sizes(text, head_dim):
                              f"of --head_dim={head_dim}")
         sizes.append((n_layer, n_embd))
     if len(set(sizes)) < 3:
-        raise UsageError(f"--sizes needs at least 3 sizes (a parabola per budget); got {text!r}")
+        raise UsageError(f"--sizes needs at least 3 sizes (a parabola per budget); "
+                         f"got {','.join(items)!r}")
     return sorted(set(sizes))
 
 
@@ -274,7 +270,7 @@ def sweep(cfg):
 
     import train
 
-    budgets = _parse_budgets(cfg["budgets"])
+    budgets = _checked_budgets(cfg["budgets"])
     sizes = _parse_sizes(cfg["sizes"], cfg["head_dim"])
     out_dir = Path(cfg["out_dir"])
     probe = dict(name="probe", n_layer=sizes[0][0], n_head=sizes[0][1] // cfg["head_dim"],
