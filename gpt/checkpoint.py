@@ -35,7 +35,9 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,17 +85,23 @@ def find(out_dir, prefer=PLAIN):
 # ----------------------------------------------------------------------------- damage
 
 def _reason(err):
-    """One line of what an exception says about a file (its last non-empty line: DCP's
-    exceptions carry a whole traceback, the innermost error last)."""
+    """One short line of what an exception says about a file: its last non-empty line (DCP's
+    CheckpointException carries a whole traceback, the innermost error last; torch.load's
+    weights-only error the line after "WeightsUnpickler error:"), first sentence."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
+    marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line), None)
+    text = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else (
+        lines[-1] if lines else "")
+    text = text.split(". ")[0]
     text = text if len(text) <= 160 else text[:157] + "..."
+    if type(err).__name__ == "CheckpointException":
+        return text or "CheckpointException"  # its last line reads "SomeError: what"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _others(damaged):
-    """Where else the run folder of a damaged checkpoint file or folder holds a checkpoint,
-    as a clause for the error, e.g. "; out/ckpt.prev/ holds an earlier checkpoint"."""
+    """Where else the run folder of a damaged checkpoint (ckpt.pt, or a sharded folder) holds
+    a checkpoint, as a clause for the error, e.g. "; out/ckpt.prev/ holds another ..."."""
     damaged = Path(damaged)
     out_dir = damaged.parent
     candidates = [(out_dir / PLAIN, out_dir / PLAIN),
@@ -103,42 +111,38 @@ def _others(damaged):
               for path, marker in candidates if marker.is_file() and path != damaged]
     if not others:
         return f"; {out_dir} holds no other checkpoint"
-    # find() prefers ckpt.pt, then ckpt/, then ckpt.prev/: moving the damaged one away picks
-    # the next
+    # find() takes ckpt.pt, then ckpt/, then ckpt.prev/: with the damaged one moved away, it
+    # takes the next
     return (f"; {' and '.join(others)} {'holds' if len(others) == 1 else 'hold'} another "
             f"checkpoint (move {damaged.name} away to use it)")
 
 
-def _torch_load(path, device="cpu", hint=True):
+def _torch_load(path, device="cpu", checkpoint=None):
     """torch.load(path, weights_only=True), with every way the file can be damaged as one
-    UsageError naming it."""
+    UsageError naming it (and the other checkpoints beside `checkpoint`, the ckpt.pt or
+    sharded folder the file belongs to; default the file itself)."""
     path = Path(path)
-    where = _others(path) if hint else ""
+    where = _others(checkpoint or path)
     try:
         # weights_only: a checkpoint someone hands you cannot run code when loaded
         return torch.load(path, map_location=device, weights_only=True)
     except MemoryError:
         raise
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            detail = next((line.strip() for line in str(err).splitlines()
-                           if "Unsupported global" in line or "WeightsUnpickler" in line), "")
-            raise UsageError(f"{path} holds Python objects that torch.load(weights_only=True) "
-                             f"refuses to unpickle ({detail or 'not tensors and plain values'}); "
-                             f"checkpoints are only loaded as tensors and plain values"
-                             f"{where}") from None
-        raise UsageError(f"{path} is damaged: not a PyTorch checkpoint ({_reason(err)})"
-                         f"{where}") from None
     except Exception as err:  # noqa: BLE001 - torch.load of a broken file raises OSError,
-        # EOFError, KeyError, RuntimeError...: each is the file's fault, none a bug
+        # EOFError, KeyError, RuntimeError, UnpicklingError...: each is the file's fault
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and refused:
+            raise UsageError(f"{path} holds Python objects that torch.load(weights_only=True) "
+                             f"refuses to unpickle ({refused.group(1)}); checkpoints are "
+                             f"loaded only as tensors and plain values{where}") from None
         raise UsageError(f"{path} is damaged: truncated or not a PyTorch checkpoint "
                          f"({_reason(err)}){where}") from None
 
 
-def _require(record, keys, path, what="a train.py checkpoint", hint=True):
+def _require(record, keys, path, what="a train.py checkpoint", checkpoint=None):
     """UsageError naming path unless record is a dict with every key (and model_args the
-    keys of a model's shape)."""
-    where = _others(path) if hint else ""
+    keys of a model's shape); `checkpoint` as for _torch_load."""
+    where = _others(checkpoint or path)
     if not isinstance(record, dict):
         raise UsageError(f"{path} is not {what}: it holds {type(record).__name__}, not a dict"
                          f"{where}")
@@ -185,8 +189,8 @@ def check_resumable(out_dir, sharded=False):
         _read_dcp_metadata(path)
     out_dir = Path(out_dir)
     if (out_dir / TOKENIZER).exists():
-        load_run_tokenizer(out_dir, hint=f" (delete it: the resumed run writes it again "
-                                         f"from the data)")
+        load_run_tokenizer(out_dir, hint="; delete it, and the resumed run writes it again "
+                                         "from the data")
     if (out_dir / METRICS).exists():
         read_metrics(out_dir / METRICS)
 
@@ -267,13 +271,14 @@ def save_sharded(folder, model, optimizer, meta, rank, device_type):
 def read_meta(folder):
     """A sharded checkpoint's meta.json: model_args, config, iter_num, best_val_loss.
     UsageError naming the file when it is not that JSON."""
-    path = Path(folder) / META
+    folder = Path(folder)
+    path = folder / META
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        raise UsageError(f"{path} is damaged: not JSON ({_reason(err)})"
-                         f"{_others(Path(folder))}") from None
-    return _require(meta, META_KEYS, path, what="a sharded checkpoint's meta.json", hint=False)
+        raise UsageError(f"{path} is damaged: not JSON ({_reason(err)}){_others(folder)}") from None
+    return _require(meta, META_KEYS, path, what="a sharded checkpoint's meta.json",
+                    checkpoint=folder)
 
 
 def _read_dcp_metadata(folder):
@@ -304,17 +309,21 @@ def load_sharded(folder, model, optimizer=None, rank=0):
     meta = read_meta(folder)
     _read_dcp_metadata(folder)
     rng_path = folder / f"rng-rank{rank}.pt"
-    rng = _torch_load(rng_path) if rng_path.is_file() else None
+    rng = _torch_load(rng_path, checkpoint=folder) if rng_path.is_file() else None
     try:
-        if optimizer is None:
-            state = {"model": get_model_state_dict(model)}
-            dcp.load(state, checkpoint_id=str(folder))
-            set_model_state_dict(model, state["model"])
-        else:
-            state = _state_dicts(model, optimizer)
-            dcp.load(state, checkpoint_id=str(folder))
-            set_state_dict(model, optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optim"])
+        with warnings.catch_warnings():
+            # one process reading a sharded folder (gpt.sample, a resume without torchrun) is
+            # what is meant: DCP's warning that it assumes so is noise on the user's terminal
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            if optimizer is None:
+                state = {"model": get_model_state_dict(model)}
+                dcp.load(state, checkpoint_id=str(folder))
+                set_model_state_dict(model, state["model"])
+            else:
+                state = _state_dicts(model, optimizer)
+                dcp.load(state, checkpoint_id=str(folder))
+                set_state_dict(model, optimizer, model_state_dict=state["model"],
+                               optim_state_dict=state["optim"])
     except (CheckpointException, RuntimeError, ValueError, KeyError) as err:
         # CheckpointException (a BaseException) gathers every rank's error: a shard file
         # that does not read, or tensors that do not fit the model meta.json describes
@@ -409,7 +418,8 @@ def load_run_tokenizer(out_dir, hint=""):
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         # ValueError covers JSONDecodeError and UnicodeDecodeError (truncated, garbage) and
         # a JSON value that is no tokenizer; Key/Type/AttributeError a dict missing its fields
-        raise UsageError(f"{path} is damaged: not a tokenizer file ({_reason(err)}){hint}") from None
+        reason = _reason(err).replace(f"{path}: ", "")  # load_tokenizer's own names the file
+        raise UsageError(f"{path} is damaged: not a tokenizer file ({reason}){hint}") from None
 
 
 def open_metrics(out_dir, append):
