@@ -18,13 +18,15 @@ files of out_dir are read and written by gpt/checkpoint.py.
 """
 
 from gpt.cli import parse, run_main
-from gpt.trainer import OPTIONS, train
+from gpt.run_setup import prepare_data
+from gpt.train_config import DEFAULTS, check_config, resolve_device_and_dtype
+from gpt.trainer import OPTIONS, PEAK_BF16_FLOPS, forward_backward, sample_text, train
 
-# Also importable from this script for code written before the loop moved to gpt.trainer
-# (`import train` in gpt/scaling.py and in tests); new code imports gpt.trainer.
-from gpt.run_setup import prepare_data  # noqa: E402,F401
-from gpt.train_config import DEFAULTS, check_config, resolve_device_and_dtype  # noqa: E402,F401
-from gpt.trainer import PEAK_BF16_FLOPS, forward_backward, sample_text  # noqa: E402,F401
+# main is the script; the other names are importable from it (`import train`) for code written
+# before the loop moved to gpt.trainer (gpt/scaling.py, tests); new code imports gpt.trainer
+__all__ = ["main", "train", "OPTIONS", "DEFAULTS", "check_config", "prepare_data",
+           "resolve_device_and_dtype", "forward_backward", "sample_text", "PEAK_BF16_FLOPS",
+           "parse"]
 
 
 def main(argv=None):

@@ -189,8 +189,7 @@ def check_resumable(out_dir, sharded=False):
         _read_dcp_metadata(path)
     out_dir = Path(out_dir)
     if (out_dir / TOKENIZER).exists():
-        load_run_tokenizer(out_dir, hint="; delete it, and the resumed run writes it again "
-                                         "from the data")
+        _check_tokenizer_file(out_dir / TOKENIZER)
     if (out_dir / METRICS).exists():
         read_metrics(out_dir / METRICS)
 
@@ -420,6 +419,19 @@ def load_run_tokenizer(out_dir, hint=""):
         # a JSON value that is no tokenizer; Key/Type/AttributeError a dict missing its fields
         reason = _reason(err).replace(f"{path}: ", "")  # load_tokenizer's own names the file
         raise UsageError(f"{path} is damaged: not a tokenizer file ({reason}){hint}") from None
+
+
+def _check_tokenizer_file(path):
+    """For a resume, which writes tokenizer.json again from the prepared data: UsageError when
+    the file is damaged. GPT-2's names only its ranks file, a thing of the machine (the resume
+    takes GPT-2's tokenizer from the data), so it is read as JSON, not built."""
+    hint = "; delete it, and the resumed run writes it again from the data"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path} is damaged: not a tokenizer file ({_reason(err)}){hint}") from None
+    if not (isinstance(record, dict) and record.get("type") == "gpt2"):
+        load_run_tokenizer(path.parent, hint)
 
 
 def open_metrics(out_dir, append):

@@ -220,3 +220,14 @@ def test_damaged_file_from_the_command_line(runs, corpus, tmp_path, kind, name, 
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert Path(name).name in lines[0] and str(out) in lines[0]
     assert snapshot(out) == before
+
+
+def test_resume_checks_gpt2_tokenizer_json_without_the_ranks_file(runs, tmp_path):
+    # GPT-2's tokenizer.json names a ranks file of the machine it was written on; a resume
+    # takes the tokenizer from the data, so a path missing here is no damage
+    out = copy_run(runs, "plain", tmp_path)
+    (out / "tokenizer.json").write_text('{"type": "gpt2", "ranks_path": "/nowhere/r50k.tiktoken"}')
+    gckpt.check_resumable(out)
+    (out / "tokenizer.json").write_text('{"type": "gpt2", "ranks_path": ')
+    with pytest.raises(UsageError, match="tokenizer.json is damaged"):
+        gckpt.check_resumable(out)
