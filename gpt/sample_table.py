@@ -16,6 +16,7 @@ import torch
 
 from gpt.cli import Opt, UsageError, convert, parse, resolve_device, run_main
 from gpt.files import write_text
+from gpt import checkpoint as gckpt
 from gpt import sample as gsample
 
 PROG = "python -m gpt.sample_table"
@@ -71,9 +72,9 @@ def sample_table(cfg):
     """The markdown table (| setting | output |) of cfg's prompt under each setting."""
     rows = parse_settings(cfg["settings"])
     device = resolve_device(cfg["device"])
-    gsample.check_checkpoint(cfg["out_dir"])
+    gckpt.check_checkpoint(cfg["out_dir"])
     prompt = gsample.read_prompt(cfg["start"])
-    model, tokenizer = gsample.load_checkpoint(cfg["out_dir"], device)
+    model, tokenizer = gckpt.load_checkpoint(cfg["out_dir"], device)
     x = torch.tensor([gsample.encode_prompt(tokenizer, prompt, model.config.block_size)],
                      dtype=torch.long, device=device)
     lines = ["| setting | output |", "| --- | --- |"]

@@ -135,7 +135,7 @@ def _load_run(cfg):
     from gpt.events.meds_data import read_split
     from gpt.events.synthetic import SyntheticEHR, synthetic_info
     from gpt.events.tokenizer import EventTokenizer
-    from gpt.sample import load_checkpoint
+    from gpt.checkpoint import load_checkpoint
 
     out_dir = Path(cfg["out_dir"])
     if not (out_dir / "ckpt.pt").is_file():
