@@ -48,7 +48,6 @@ step with real tensors (the Triton kernels through the interpreter), its peak ta
 profiler's record of every CPU allocation and free, against the meter's peak of that step.
 """
 
-import math
 import re
 import sys
 import time
