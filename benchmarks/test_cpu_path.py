@@ -75,13 +75,16 @@ def model_and_batch():
     return model, opt, idx, torch.roll(idx, -1, dims=1)
 
 
-def test_training_step(benchmark, model_and_batch):
-    # what train.py's loop does per iteration on a CPU: forward with the loss, backward,
-    # gradient clipping, AdamW, zero_grad
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_training_step(benchmark, model_and_batch, dtype):
+    # what train.py's loop does per iteration on a CPU: forward with the loss (in bf16
+    # autocast, train.py's default on CPUs with native bf16), backward, gradient clipping,
+    # AdamW, zero_grad
     model, opt, x, y = model_and_batch
 
     def step():
-        _, loss = model(x, y)
+        with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+            _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
