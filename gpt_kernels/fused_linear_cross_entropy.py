@@ -60,27 +60,37 @@ new tensors (the saved ones are outputs of the forward op, which must not change
 returned: opcheck and torch.compile compare them), so backward twice gives the same answer.
 """
 
+import os
 from typing import Optional
 
 import torch
 import triton
+import triton.language as tl
 from torch import Tensor
 
-from gpt_kernels import reference
-from gpt_kernels._library import define_op, use_triton
+from gpt_kernels import _autotune, reference
+from gpt_kernels._library import define_op, launch, use_triton
 from gpt_kernels._validate import check_fused_linear_cross_entropy
-from gpt_kernels.cross_entropy import cross_entropy_forward, reduce_loss, reduction_scale
+from gpt_kernels.cross_entropy import reduce_loss, reduction_scale
+from gpt_kernels.linear_gelu import _dot_precision, _grouped_tile, _m_bucket
 
-__all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_forward",
-           "flce_backward_none", "flce_fwd", "flce_bwd_none"]
+__all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_logits", "flce_lse",
+           "flce_grad_x", "flce_grad_weight", "flce_forward", "flce_backward_none", "flce_fwd",
+           "flce_bwd_none", "STAT_N"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # The chunk buffer's default budget. 256 MiB holds 2048 rows of GPT-2's 50304 bf16 logits: at
-# N = 8192 four chunks, so the float32 grad_weight is read and written 3 times instead of 63,
-# and the step's metered peak (python -m bench.memory) stays below the 128-row version's
-# (see the module docstring: the backward no longer copies the saved gradients).
+# N = 8192 four chunks, so the float32 grad_weight is read and written 3 times instead of 63.
 CHUNK_BUDGET_BYTES = 256 * 2**20
 _MIN_CHUNK_ROWS = 64
 _ROW_MULTIPLE = 64  # chunk heights rounded to a matmul tile when the budget allows it
+
+# Vocabulary columns per partial log-sum-exp statistic: the logits kernel's BLOCK_N in every
+# config. It is fixed because the (rows, cdiv(V, STAT_N)) statistics buffers are allocated
+# before the autotuner picks a config; the gradient kernels' vocabulary tiles divide it, so
+# each of their tiles lies inside one statistics tile.
+STAT_N = 128
 
 
 def chunk_rows(N, V, C, itemsize=2, budget=None):
@@ -105,63 +115,459 @@ def chunk_rows(N, V, C, itemsize=2, budget=None):
     return min(N, rounded if rounded <= fit else even)
 
 
-_FP32_OUT = {}  # device type -> whether torch.addmm(..., out_dtype=torch.float32) runs there
-# The memory meter (bench/memory.py) stands fake CPU tensors in for a GPU step, so fake tensors
-# answer as CUDA does; its check against real CPU allocations sets this False (both sides then
-# take the CPU path).
-FAKE_TENSORS_MODEL_CUDA = True
+# --------------------------------------------------------------------------- autotuning
+#
+# Tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel and operand type ("16"
+# for fp16/bf16, "tf32" and "ieee" for float32: see linear_gelu._dot_precision). BLOCK_M is
+# always the chunk's rows, BLOCK_N the vocabulary, BLOCK_K the hidden size C. Every entry
+# compiles for sm_80 and sm_90 at GPT-2's lm_head (2048-row chunks, C = 768, V = 50304)
+# without spilling and within shared memory (python -m tools.compile_report; "regs" is the
+# larger of the two chips' counts).
+
+_LOGITS_TILES = {  # logits = x @ W^T with the log-sum-exp epilogue; BLOCK_N is STAT_N
+    "16": [
+        (128, 128, 64, 8, 3),  # the large tile of linear_gelu's forward
+        (64, 128, 64, 4, 3),  # half as tall: more programs for short chunks
+        (128, 128, 32, 4, 4),  # 4 warps, deeper pipeline
+    ],
+    "tf32": [
+        (128, 128, 32, 8, 3),
+        (64, 128, 32, 4, 3),
+    ],
+    "ieee": [  # FMA loops: each thread holds its operands
+        (64, 128, 16, 4, 3),
+        (32, 128, 32, 4, 3),
+    ],
+}
+_DX_TILES = {  # dx = dlogits @ W: dx tiles BLOCK_M x BLOCK_K, BLOCK_N the reduction over V.
+    # Wide BLOCK_K: each program re-forms its dlogits tile from the stored exponentials, so
+    # every element is formed C / BLOCK_K times (6 at BLOCK_K = 128)
+    "16": [
+        (128, 64, 128, 8, 3),
+        (64, 64, 128, 4, 3),
+        (64, 32, 256, 8, 3),  # 3 formations per element
+    ],
+    "tf32": [
+        (128, 32, 128, 8, 3),
+        (64, 32, 128, 4, 3),
+    ],
+    "ieee": [
+        (64, 32, 64, 4, 3),
+        (32, 32, 64, 4, 3),
+    ],
+}
+_DW_TILES = {  # dW (+)= dlogits^T @ x: dW tiles BLOCK_N x BLOCK_K, BLOCK_M the reduction
+    "16": [
+        (32, 128, 128, 8, 3),
+        (32, 64, 128, 4, 3),
+        (64, 128, 128, 8, 3),
+    ],
+    "tf32": [
+        (32, 128, 128, 8, 3),
+        (32, 64, 128, 4, 3),
+    ],
+    "ieee": [
+        (32, 128, 128, 8, 3),
+        (32, 64, 64, 4, 3),
+    ],
+}
+_NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+# the interpreter's one config per kernel: wide vocabulary tiles, few loop trips
+_INTERPRET_TILES = {"logits": (32, STAT_N, 32), "dx": (32, STAT_N, 64), "dw": (32, STAT_N, 64)}
 
 
-def _fp32_out_matmul(t):
-    """Whether half-precision operands can be multiplied straight into a float32 tensor
-    (``torch.addmm(out_dtype=torch.float32)``, cuBLAS with a float32 C/D; CUDA on torch >=
-    2.8). Probed once per device type. Fake and meta tensors (the memory meter) answer for
-    CUDA: the meter models the GPU step."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if t.is_meta or is_fake(t):
-        if not FAKE_TENSORS_MODEL_CUDA:
-            return False
-        if t.device.type == "cuda" and not torch.cuda.is_available():
-            return False  # fake CUDA tensors in a CPU-only torch (the compile report) cannot
-            # run its decomposition; only the kernel launches are looked at there
-        return _FP32_OUT.get("cuda", hasattr(torch.ops.aten.addmm, "dtype_out"))
-    kind = t.device.type
-    if kind not in _FP32_OUT:
-        try:
-            a = torch.ones(2, 2, dtype=torch.bfloat16, device=t.device)
-            c = torch.ones(2, 2, dtype=torch.float32, device=t.device)
-            torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
-            _FP32_OUT[kind] = bool((c == 3).all())
-        except (RuntimeError, TypeError, NotImplementedError):
-            _FP32_OUT[kind] = False
-    return _FP32_OUT[kind]
+def _smem_logits(cfg, nargs, kwargs):
+    """num_stages buffers of an x tile (BM x BK) and a W tile (BK x BN)."""
+    k = cfg.kwargs
+    return (cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"]
+            * nargs["X"].element_size())
 
 
-def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
-    """grad_weight (V, C) float32 (+)= dlogits.T @ x_chunk: (V, n) @ (n, C).
+def _smem_dx(cfg, nargs, kwargs):
+    """num_stages buffers of an exponentials tile (BM x BN) and a W tile (BN x BK), and the
+    dlogits tile formed in registers, which reaches the dot through shared memory."""
+    k = cfg.kwargs
+    return ((cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_K"]) + k["BLOCK_M"]) * k["BLOCK_N"]
+            * nargs["W"].element_size())
 
-    float32 operands: ``addmm_`` (the first chunk ``mm`` into it: no zero-fill). Half
-    operands: cuBLAS writes the float32 accumulator directly (``out_dtype``), so no (V, C)
-    temporary exists and each chunk reads + writes grad_weight once (310 MB at GPT-2's size).
-    Where that is not available (CPU torch) the half product is a temporary added into the
-    zero-filled float32 accumulator, as before issue 20.
+
+def _smem_dw(cfg, nargs, kwargs):
+    """num_stages buffers of an exponentials tile (BN x BM) and an x tile (BM x BK), and the
+    dlogits tile formed in registers."""
+    k = cfg.kwargs
+    return ((cfg.num_stages * (k["BLOCK_N"] + k["BLOCK_K"]) + k["BLOCK_N"]) * k["BLOCK_M"]
+            * nargs["X"].element_size())
+
+
+def _configs(tables, kernel):
+    """Every tile of ``tables``; under TRITON_INTERPRET=1 exactly one (the interpreter cannot
+    benchmark a choice)."""
+    if _INTERPRET:
+        m, n, k = _INTERPRET_TILES[kernel]
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 4},
+                              num_warps=4, num_stages=1)]
+    return _autotune.configs_from(tables, _NAMES, GROUP_M=8)
+
+
+def _prune(tables, smem, operand):
+    """The tiles for the dtype of tensor ``operand`` (and the dot precision for float32)
+    that fit the GPU's shared memory."""
+    if _INTERPRET:
+        return None
+
+    def choose(nargs, kwargs):
+        kind = "16" if nargs[operand].element_size() == 2 else kwargs["DOT_PRECISION"]
+        return tables[kind]
+
+    return _autotune.Prune(_NAMES, choose, smem, operand)
+
+
+# --------------------------------------------------------------------------- kernels
+
+@_autotune.autotune(configs=_configs(_LOGITS_TILES, "logits"),
+                    key=["M_BUCKET", "V", "C", "DOT_PRECISION"],
+                    prune=_prune(_LOGITS_TILES, _smem_logits, "X"))
+@triton.jit
+def _flce_logits(
+    X, stride_xm, stride_xk,  # (n, C) the chunk's rows
+    W, stride_wv, stride_wk,  # (V, C) weight
+    B,  # (V,) bias, read only when HAS_BIAS
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    E, stride_em,  # (n, V) out, unit column stride: exp(logit - its tile's max), when STORE_E
+    TILE_MAX,  # (n, n_tiles) float32 out: max logit of each row's STAT_N-wide vocabulary tile
+    TILE_SUM,  # (n, n_tiles) float32 out: sum of exp(logit - tile max) over that tile
+    TARGET_LOGIT,  # (n,) float32 out: the target's logit (rows with an ignored target: unset)
+    n, V, C, n_tiles,
+    M_BUCKET,  # n rounded up to a power of two: the autotune key (linear_gelu._m_bucket)
+    HAS_BIAS: tl.constexpr,
+    STORE_E: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # logits tile = x @ W^T (float32 accumulator), then the epilogue turns it into the
+    # tile's log-sum-exp statistics, so no later pass reads the logits to normalise them
+    pid_m, pid_v = _grouped_tile(tl.program_id(0), tl.cdiv(n, BLOCK_M), tl.cdiv(V, BLOCK_N),
+                                 GROUP_M)
+    # int64 indices: row * stride passes 2^31 once n * V does
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_v = pid_v.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < n
+    v_ok = offs_v < V
+    x_ptrs = X + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
+    w_ptrs = W + offs_v[None, :] * stride_wv + offs_k[:, None] * stride_wk  # (BK, BN) of W^T
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        k_ok = (k0 + offs_k) < C
+        a = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=k_ok[:, None] & v_ok[None, :], other=0.0)
+        if UPCAST:  # the interpreter's tl.dot is wrong on bfloat16: exact float32 products
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        acc += tl.load(B + offs_v, mask=v_ok, other=0.0).to(tl.float32)[None, :]
+
+    # the statistics of the float32 logits; columns past V carry no probability mass
+    acc = tl.where(v_ok[None, :], acc, float("-inf"))
+    tile_max = tl.max(acc, axis=1)  # finite: every tile holds at least one column < V
+    e = tl.exp(acc - tile_max[:, None])  # in (0, 1], 1 at the max
+    stat = offs_m * n_tiles + pid_v
+    tl.store(TILE_MAX + stat, tile_max, mask=m_ok)
+    tl.store(TILE_SUM + stat, tl.sum(e, axis=1), mask=m_ok)
+    # the target's logit, from the one tile that holds its column
+    target = tl.load(TARGET + offs_m * stride_t, mask=m_ok, other=-1).to(tl.int64)
+    first = pid_v.to(tl.int64) * BLOCK_N
+    mine = m_ok & (target >= first) & (target < first + BLOCK_N)
+    hit = offs_v[None, :] == target[:, None]
+    tl.store(TARGET_LOGIT + offs_m, tl.sum(tl.where(hit, acc, 0.0), axis=1), mask=mine)
+    if STORE_E:
+        # exp(logit - tile max) rather than the logit: the gradient kernels then need one
+        # multiply per element, not an exp, and a value in (0, 1] keeps the dtype's full
+        # relative precision (a bf16 logit of 10 is off by up to 0.02, i.e. 2% in softmax)
+        tl.store(E + offs_m[:, None] * stride_em + offs_v[None, :],
+                 e.to(E.dtype.element_ty), mask=m_ok[:, None] & v_ok[None, :])
+
+
+@triton.jit
+def _flce_lse(
+    TILE_MAX, TILE_SUM,  # (n, n_tiles) float32 partial statistics from _flce_logits
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    TARGET_LOGIT,  # (n,) float32 target logits (unset where the target is ignored)
+    LSE,  # (n,) float32 out: log-sum-exp of each row
+    LOSS,  # (n,) float32 out: lse - target logit, 0 for ignored rows
+    n_tiles, ignore_index,
+    BLOCK_T: tl.constexpr,
+):
+    # combine a row's tile statistics: lse = M + log(sum_t s_t exp(m_t - M)), M = max_t m_t
+    row = tl.program_id(0).to(tl.int64)  # int64: row * n_tiles for long chunks
+    offs = tl.arange(0, BLOCK_T)
+    m = float("-inf")
+    s = 0.0
+    for t0 in range(0, n_tiles, BLOCK_T):
+        ok = (t0 + offs) < n_tiles
+        tm = tl.load(TILE_MAX + row * n_tiles + t0 + offs, mask=ok, other=float("-inf"))
+        ts = tl.load(TILE_SUM + row * n_tiles + t0 + offs, mask=ok, other=0.0)
+        m_new = tl.maximum(m, tl.max(tm, axis=0))  # finite from the first block on
+        s = s * tl.exp(m - m_new) + tl.sum(ts * tl.exp(tm - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+    valid = tl.load(TARGET + row * stride_t) != ignore_index
+    x_target = tl.load(TARGET_LOGIT + row)
+    tl.store(LSE + row, lse)
+    tl.store(LOSS + row, tl.where(valid, lse - x_target, 0.0))
+
+
+@triton.jit
+def _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, rows, ok, ignore_index):
+    """Per row: (target, scale, lse); scale 0 for ignored rows and rows past the chunk."""
+    target = tl.load(TARGET + rows * stride_t, mask=ok, other=0).to(tl.int64)
+    scale = tl.load(SCALE + rows * stride_s, mask=ok, other=0.0).to(tl.float32)
+    scale = tl.where(ok & (target != ignore_index), scale, 0.0)
+    lse = tl.load(LSE + rows, mask=ok, other=0.0)
+    return target, scale, lse
+
+
+@_autotune.autotune(configs=_configs(_DX_TILES, "dx"), key=["M_BUCKET", "V", "C", "DOT_PRECISION"],
+                    prune=_prune(_DX_TILES, _smem_dx, "W"))
+@triton.jit
+def _flce_dx(
+    E, stride_em,  # (n, V) exp(logit - tile max), unit column stride
+    TILE_MAX,  # (n, n_tiles) float32 tile maxima
+    LSE,  # (n,) float32
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    SCALE, stride_s,  # (n,) float32 gradient of each row's loss; stride 0 broadcasts one
+    W, stride_wv, stride_wk,  # (V, C) weight
+    DX, stride_dxm, stride_dxk,  # (n, C) out: dlogits @ W in W's dtype
+    n, V, C, n_tiles, ignore_index,
+    M_BUCKET,  # n rounded up to a power of two: the autotune key
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    STAT_WIDTH: tl.constexpr,  # STAT_N; BLOCK_N divides it
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # dx tiles (BLOCK_M, BLOCK_K), the reduction over V. The programs of one row band are
+    # neighbours (K-tiles innermost), so they stream the same exponentials through L2.
+    pid_k, pid_m = _grouped_tile(tl.program_id(0), tl.cdiv(C, BLOCK_K), tl.cdiv(n, BLOCK_M),
+                                 GROUP_M)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: see _flce_logits
+    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_v = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < n
+    k_ok = offs_k < C
+    target, scale, lse = _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, offs_m, m_ok,
+                                    ignore_index)
+    e_ptrs = E + offs_m[:, None] * stride_em + offs_v[None, :]  # (BM, BN)
+    w_ptrs = W + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wk  # (BN, BK)
+    stat_ptrs = TILE_MAX + offs_m * n_tiles
+
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_N):
+        v_ok = (v0 + offs_v) < V
+        # softmax = e * exp(tile max - lse): one exp per row and tile, not per element
+        f = tl.exp(tl.load(stat_ptrs + v0 // STAT_WIDTH, mask=m_ok, other=0.0) - lse) * scale
+        e = tl.load(e_ptrs, mask=m_ok[:, None] & v_ok[None, :], other=0.0).to(tl.float32)
+        hit = (v0 + offs_v)[None, :] == target[:, None]
+        d = (e * f[:, None] - tl.where(hit, scale[:, None], 0.0)).to(W.dtype.element_ty)
+        w = tl.load(w_ptrs, mask=v_ok[:, None] & k_ok[None, :], other=0.0)
+        if UPCAST:
+            d = d.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(d, w, acc, input_precision=DOT_PRECISION)
+        e_ptrs += BLOCK_N
+        w_ptrs += BLOCK_N * stride_wv
+
+    tl.store(DX + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+             acc.to(DX.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@_autotune.autotune(configs=_configs(_DW_TILES, "dw"), key=["M_BUCKET", "V", "C", "DOT_PRECISION"],
+                    prune=_prune(_DW_TILES, _smem_dw, "X"))
+@triton.jit
+def _flce_dw(
+    E, stride_em,  # (n, V) exp(logit - tile max), unit column stride
+    TILE_MAX,  # (n, n_tiles) float32 tile maxima
+    LSE,  # (n,) float32
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    SCALE, stride_s,  # (n,) float32 gradient of each row's loss; stride 0 broadcasts one
+    X, stride_xm, stride_xk,  # (n, C) the chunk's rows
+    DW, stride_dwv, stride_dwk,  # (V, C) float32 accumulator, written when WRITE_DW
+    DB,  # (V,) float32 accumulator of the bias gradient, written when HAS_BIAS
+    n, V, C, n_tiles, ignore_index,
+    M_BUCKET,  # n rounded up to a power of two: the autotune key
+    HAS_BIAS: tl.constexpr,
+    WRITE_DW: tl.constexpr,
+    ACCUMULATE: tl.constexpr,  # add to DW / DB (a later chunk) or overwrite them (the first)
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    STAT_WIDTH: tl.constexpr,  # STAT_N; BLOCK_N divides it
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # dW tiles (BLOCK_N, BLOCK_K), the reduction over the chunk's rows; the programs of one
+    # vocabulary band are neighbours (K-tiles innermost) and share its exponentials in L2.
+    # Without WRITE_DW (only the bias is trained) one program per vocabulary band.
+    if WRITE_DW:  # at least one K-tile: with C == 0 it still writes dbias
+        pid_k, pid_v = _grouped_tile(tl.program_id(0), tl.maximum(tl.cdiv(C, BLOCK_K), 1),
+                                     tl.cdiv(V, BLOCK_N), GROUP_M)
+    else:
+        pid_k = 0
+        pid_v = tl.program_id(0)
+    offs_v = pid_v.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, BLOCK_M).to(tl.int64)  # int64 rows: r * stride passes 2^31
+    v_ok = offs_v < V
+    k_ok = offs_k < C
+    stat = (pid_v * BLOCK_N) // STAT_WIDTH  # the statistics tile holding this band
+    et_ptrs = E + offs_r[None, :] * stride_em + offs_v[:, None]  # (BN, BM) of E^T
+    x_ptrs = X + offs_r[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
+
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for r0 in range(0, n, BLOCK_M):
+        rows = r0 + offs_r
+        r_ok = rows < n
+        target, scale, lse = _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, rows, r_ok,
+                                        ignore_index)
+        f = tl.exp(tl.load(TILE_MAX + rows * n_tiles + stat, mask=r_ok, other=0.0) - lse) * scale
+        et = tl.load(et_ptrs, mask=v_ok[:, None] & r_ok[None, :], other=0.0).to(tl.float32)
+        hit = offs_v[:, None] == target[None, :]
+        dt = et * f[None, :] - tl.where(hit, scale[None, :], 0.0)  # (BN, BM) dlogits^T
+        if HAS_BIAS:
+            db += tl.sum(dt, axis=1)  # dbias: column sums of dlogits, before any rounding
+        if WRITE_DW:
+            x = tl.load(x_ptrs, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+            a = dt.to(X.dtype.element_ty)
+            if UPCAST:
+                a = a.to(tl.float32)
+                x = x.to(tl.float32)
+            acc = tl.dot(a, x, acc, input_precision=DOT_PRECISION)
+        et_ptrs += BLOCK_M * stride_em
+        x_ptrs += BLOCK_M * stride_xm
+
+    if WRITE_DW:
+        dw_ptrs = DW + offs_v[:, None] * stride_dwv + offs_k[None, :] * stride_dwk
+        mask = v_ok[:, None] & k_ok[None, :]
+        if ACCUMULATE:  # the float32 sum over chunks, in this kernel's epilogue
+            acc += tl.load(dw_ptrs, mask=mask, other=0.0)
+        tl.store(dw_ptrs, acc, mask=mask)
+    if HAS_BIAS:
+        if pid_k == 0:  # every K-tile of a band summed the same columns; one writes them
+            if ACCUMULATE:
+                db += tl.load(DB + offs_v, mask=v_ok, other=0.0)
+            tl.store(DB + offs_v, db, mask=v_ok)
+
+
+# --------------------------------------------------------------------------- launchers
+
+def _upcast(dtype):
+    # Triton's interpreter gets tl.dot wrong on bfloat16 operands: upcast them there
+    return _INTERPRET and dtype == torch.bfloat16
+
+
+def _precision(dtype, device):
+    return "ieee" if _upcast(dtype) else _dot_precision(dtype, device)
+
+
+def _tiles(rows, cols, row_block, col_block):
+    return lambda meta: (triton.cdiv(rows, meta[row_block]) * triton.cdiv(cols, meta[col_block]),)
+
+
+def _stat_tiles(V):
+    return triton.cdiv(int(V), STAT_N)
+
+
+def flce_logits(x, weight, bias, target, e, tile_max, tile_sum, target_logit):
+    """The logits kernel on one chunk: x (n, C), weight (V, C), bias (V,) or None, target (n,).
+
+    Writes ``tile_max``, ``tile_sum`` (n, cdiv(V, STAT_N)) float32 and ``target_logit`` (n,)
+    float32, and, when ``e`` is an (n, V) buffer (not None), exp(logit - tile max) into it
+    in x's dtype. All outputs are buffers the caller allocated for this launch.
     """
-    dlogits_t = dlogits.t()
-    if x_chunk.dtype == torch.float32:
-        if first:
-            torch.mm(dlogits_t, x_chunk, out=grad_weight)
-        else:
-            grad_weight.addmm_(dlogits_t, x_chunk)
-    elif _fp32_out_matmul(x_chunk):
-        torch.addmm(grad_weight, dlogits_t, x_chunk, beta=0 if first else 1,
-                    out_dtype=torch.float32, out=grad_weight)
-    else:  # CPU torch: the half product is a temporary, summed in float32 (cast explicitly:
-        # the memory meter's check against real CPU allocations sees the float32 copy)
-        product = torch.mm(dlogits_t, x_chunk).to(torch.float32)
-        if first:
-            grad_weight.zero_()  # (not copy_: fake CUDA tensors in a CPU-only torch cannot)
-        grad_weight += product
+    n, C = x.shape
+    V = weight.shape[0]
+    launch(_flce_logits)[_tiles(n, V, "BLOCK_M", "BLOCK_N")](
+        x, x.stride(0), x.stride(1),
+        weight, weight.stride(0), weight.stride(1),
+        bias if bias is not None else weight,
+        target, target.stride(0),
+        e if e is not None else tile_max, e.stride(0) if e is not None else 0,
+        tile_max, tile_sum, target_logit,
+        n, V, C, _stat_tiles(V), _m_bucket(n),
+        HAS_BIAS=bias is not None, STORE_E=e is not None, UPCAST=_upcast(x.dtype),
+        DOT_PRECISION=_precision(x.dtype, x.device),
+    )
+
+
+def flce_lse(tile_max, tile_sum, target, target_logit, ignore_index, lse, loss):
+    """Combine the tile statistics of n rows into ``lse`` and ``loss`` (n,) float32."""
+    n, n_tiles = tile_max.shape
+    block = min(1024, triton.next_power_of_2(n_tiles))
+    launch(_flce_lse)[(n,)](
+        tile_max, tile_sum, target, target.stride(0), target_logit, lse, loss,
+        n_tiles, ignore_index,
+        BLOCK_T=block, num_warps=4 if block >= 512 else 2,
+    )
+
+
+def _scale_stride(scale):
+    return 0 if scale.numel() == 1 else scale.stride(0)
+
+
+def flce_grad_x(e, tile_max, lse, target, scale, ignore_index, weight, grad_x):
+    """grad_x (n, C) = dlogits @ weight, dlogits = (softmax - onehot) * scale formed from
+    ``e`` (n, V) in the kernel's operand loads; ``scale`` float32, 1 or n values."""
+    n, C = grad_x.shape
+    V = weight.shape[0]
+    if C == 0:
+        return
+    launch(_flce_dx)[_tiles(n, C, "BLOCK_M", "BLOCK_K")](
+        e, e.stride(0), tile_max, lse, target, target.stride(0), scale, _scale_stride(scale),
+        weight, weight.stride(0), weight.stride(1),
+        grad_x, grad_x.stride(0), grad_x.stride(1),
+        n, V, C, tile_max.shape[1], ignore_index, _m_bucket(n),
+        UPCAST=_upcast(weight.dtype), DOT_PRECISION=_precision(weight.dtype, weight.device),
+        STAT_WIDTH=STAT_N,
+    )
+
+
+def flce_grad_weight(e, tile_max, lse, target, scale, ignore_index, x, grad_weight, grad_bias,
+                     accumulate):
+    """grad_weight (V, C) float32 (+)= dlogits^T @ x and grad_bias (V,) float32 (+)= the
+    column sums of dlogits, dlogits formed from ``e`` (n, V) as in ``flce_grad_x``; either
+    may be None. ``accumulate``: add to them (a later chunk) or overwrite them (the first:
+    their contents are never read, so they need no zero-fill)."""
+    n, C = x.shape
+    V = e.shape[1]
+    write_dw = grad_weight is not None
+    if write_dw:
+        grid = lambda meta: (triton.cdiv(V, meta["BLOCK_N"])  # noqa: E731
+                             * max(1, triton.cdiv(C, meta["BLOCK_K"])),)
+    else:
+        grid = lambda meta: (triton.cdiv(V, meta["BLOCK_N"]),)  # noqa: E731
+    dw = grad_weight if write_dw else grad_bias  # a placeholder when not written
+    launch(_flce_dw)[grid](
+        e, e.stride(0), tile_max, lse, target, target.stride(0), scale, _scale_stride(scale),
+        x, x.stride(0), x.stride(1),
+        dw, *(grad_weight.stride() if write_dw else (0, 0)),
+        grad_bias if grad_bias is not None else dw,
+        n, V, C, tile_max.shape[1], ignore_index, _m_bucket(n),
+        HAS_BIAS=grad_bias is not None, WRITE_DW=write_dw, ACCUMULATE=accumulate,
+        UPCAST=_upcast(x.dtype), DOT_PRECISION=_precision(x.dtype, x.device),
+        STAT_WIDTH=STAT_N,
+    )
 
 
 def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
@@ -171,9 +577,10 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     x (N, C), weight (V, C), bias (V,) or None, all of one dtype; target (N,).
     ``grad_scale`` (float32, 1 or N values) multiplies each row of ``softmax - onehot``
     before the gradient matmuls. Returns ``(loss_rows, grad_x, grad_weight, grad_bias)``:
-    grad_x in x's dtype (N, C) (one matmul per row block, float32 inside cuBLAS: nothing is
-    summed across chunks), grad_weight (V, C) and grad_bias (V,) float32 (summed over the
-    chunks), or None when not requested.
+    grad_x in x's dtype (N, C) (each row block written once by its chunk), grad_weight
+    (V, C) and grad_bias (V,) float32 (summed over the chunks in the wgrad kernel's
+    epilogue), or None when not requested. Per chunk: the logits kernel, the lse kernel,
+    then dgrad and wgrad when a gradient is wanted (4 launches).
     """
     N, C = x.shape
     V = weight.shape[0]
@@ -192,33 +599,32 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     if grad_scale is None:
         grad_scale = torch.ones(1, dtype=torch.float32, device=device)
     per_row_scale = grad_scale.numel() != 1
-    # The one (rows, V) buffer: logits of a chunk, then overwritten with their gradient.
-    buffer = torch.empty(min(rows, N), V, dtype=x.dtype, device=device)
-    weight_t = weight.t()
+    if bias is not None:
+        bias = bias.contiguous()  # read with unit stride
+    # Buffers allocated once and reused by every chunk: the exponentials (only when a
+    # gradient kernel will read them) and the float32 row statistics.
+    height = min(rows, N)
+    e_buffer = torch.empty(height, V, dtype=x.dtype, device=device) if need_grad else None
+    tile_max = torch.empty(height, _stat_tiles(V), dtype=torch.float32, device=device)
+    tile_sum = torch.empty_like(tile_max)
+    target_logit = torch.empty(height, dtype=torch.float32, device=device)
+    lse = torch.empty(height, dtype=torch.float32, device=device)
     for start in range(0, N, rows):
         end = min(start + rows, N)
-        first = start == 0
-        x_chunk = x[start:end]  # (n, C)
-        logits = buffer[: end - start]  # (n, V), contiguous: the first n rows of the buffer
-        if bias is None:
-            torch.mm(x_chunk, weight_t, out=logits)
-        else:
-            torch.addmm(bias, x_chunk, weight_t, out=logits)
-        scale_c = grad_scale[start:end] if per_row_scale else grad_scale
-        loss_rows[start:end], _ = cross_entropy_forward(
-            logits, target[start:end], ignore_index,
-            grad_out=logits if need_grad else None, grad_scale=scale_c,
-        )
-        # logits now holds dL/dlogits for the chunk (rows scaled by scale_c, ignored rows 0)
+        n = end - start
+        x_chunk, t_chunk = x[start:end], target[start:end]
+        e = e_buffer[:n] if need_grad else None  # the first n rows: contiguous
+        stats = tile_max[:n], tile_sum[:n]
+        flce_logits(x_chunk, weight, bias, t_chunk, e, *stats, target_logit[:n])
+        flce_lse(*stats, t_chunk, target_logit[:n], ignore_index, lse[:n],
+                 loss_rows[start:end])
+        scale = grad_scale[start:end] if per_row_scale else grad_scale
         if need_x:
-            torch.mm(logits, weight, out=grad_x[start:end])  # (n, V) @ (V, C)
-        if need_weight:  # (V, n) @ (n, C), summed over chunks in float32
-            _accumulate_weight_grad(grad_weight, logits, x_chunk, first)
-        if need_bias:
-            if first:
-                torch.sum(logits, dim=0, dtype=torch.float32, out=grad_bias)
-            else:
-                grad_bias += logits.sum(dim=0, dtype=torch.float32)
+            flce_grad_x(e, tile_max[:n], lse[:n], t_chunk, scale, ignore_index, weight,
+                        grad_x[start:end])
+        if need_weight or need_bias:
+            flce_grad_weight(e, tile_max[:n], lse[:n], t_chunk, scale, ignore_index, x_chunk,
+                             grad_weight, grad_bias, accumulate=start > 0)
     return loss_rows, grad_x, grad_weight, grad_bias
 
 
