@@ -128,7 +128,8 @@ _LOGITS_TILES = {  # logits = x @ W^T with the log-sum-exp epilogue; BLOCK_N is 
     "16": [
         (128, 128, 64, 8, 3),  # the large tile of linear_gelu's forward
         (64, 128, 64, 4, 3),  # half as tall: more programs for short chunks
-        (128, 128, 32, 4, 4),  # 4 warps, deeper pipeline
+        (64, 128, 32, 4, 4),  # deeper pipeline
+        # out: (128, 128, 32, 4, 4) spills 352 B (sm_80) / 528 B (sm_90): the epilogue's exp
     ],
     "tf32": [
         (128, 128, 32, 8, 3),
@@ -152,8 +153,10 @@ _DX_TILES = {  # dx = dlogits @ W: dx tiles BLOCK_M x BLOCK_K, BLOCK_N the reduc
         (64, 32, 128, 4, 3),
     ],
     "ieee": [
-        (64, 32, 64, 4, 3),
+        (64, 32, 64, 8, 3),
+        (32, 32, 128, 4, 3),
         (32, 32, 64, 4, 3),
+        # out: (64, 32, 64, 4, 3) spills 36 B on sm_80
     ],
 }
 _DW_TILES = {  # dW (+)= dlogits^T @ x: dW tiles BLOCK_N x BLOCK_K, BLOCK_M the reduction
@@ -167,8 +170,11 @@ _DW_TILES = {  # dW (+)= dlogits^T @ x: dW tiles BLOCK_N x BLOCK_K, BLOCK_M the 
         (32, 64, 128, 4, 3),
     ],
     "ieee": [
-        (32, 128, 128, 8, 3),
         (32, 64, 64, 4, 3),
+        (32, 32, 128, 4, 3),
+        (16, 128, 64, 4, 3),
+        # out (sm_80 spills): (32, 128, 128, 8, 3) 216 B, (32, 64, 128, 8, 3) 124 B,
+        # (32, 128, 64, 8, 3) 140 B
     ],
 }
 _NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
@@ -176,27 +182,36 @@ _NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _INTERPRET_TILES = {"logits": (32, STAT_N, 32), "dx": (32, STAT_N, 64), "dw": (32, STAT_N, 64)}
 
 
+# Each estimate is the larger of the main loop's buffers and the epilogue's: the float32
+# output tile may pass through shared memory on its way to the store, reusing the pipeline's
+# buffers (sm_90 compiles the (32, 128, 128) wgrad tile into 64 KB: its 128 x 128 float32
+# tile, more than its 56 KB of operand buffers).
+
 def _smem_logits(cfg, nargs, kwargs):
-    """num_stages buffers of an x tile (BM x BK) and a W tile (BK x BN)."""
+    """num_stages buffers of an x tile (BM x BK) and a W tile (BK x BN), or the float32
+    logits tile (BM x BN)."""
     k = cfg.kwargs
-    return (cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"]
-            * nargs["X"].element_size())
+    loop = cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * nargs["X"].element_size()
+    return max(loop, k["BLOCK_M"] * k["BLOCK_N"] * 4)
 
 
 def _smem_dx(cfg, nargs, kwargs):
     """num_stages buffers of an exponentials tile (BM x BN) and a W tile (BN x BK), and the
-    dlogits tile formed in registers, which reaches the dot through shared memory."""
+    dlogits tile formed in registers, which reaches the dot through shared memory; or the
+    float32 dx tile (BM x BK)."""
     k = cfg.kwargs
-    return ((cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_K"]) + k["BLOCK_M"]) * k["BLOCK_N"]
+    loop = ((cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_K"]) + k["BLOCK_M"]) * k["BLOCK_N"]
             * nargs["W"].element_size())
+    return max(loop, k["BLOCK_M"] * k["BLOCK_K"] * 4)
 
 
 def _smem_dw(cfg, nargs, kwargs):
     """num_stages buffers of an exponentials tile (BN x BM) and an x tile (BM x BK), and the
-    dlogits tile formed in registers."""
+    dlogits tile formed in registers; or the float32 dW tile (BN x BK)."""
     k = cfg.kwargs
-    return ((cfg.num_stages * (k["BLOCK_N"] + k["BLOCK_K"]) + k["BLOCK_N"]) * k["BLOCK_M"]
+    loop = ((cfg.num_stages * (k["BLOCK_N"] + k["BLOCK_K"]) + k["BLOCK_N"]) * k["BLOCK_M"]
             * nargs["X"].element_size())
+    return max(loop, k["BLOCK_N"] * k["BLOCK_K"] * 4)
 
 
 def _configs(tables, kernel):
@@ -233,9 +248,8 @@ def _flce_logits(
     W, stride_wv, stride_wk,  # (V, C) weight
     B,  # (V,) bias, read only when HAS_BIAS
     TARGET, stride_t,  # (n,) class ids or ignore_index
-    E, stride_em,  # (n, V) out, unit column stride: exp(logit - its tile's max), when STORE_E
-    TILE_MAX,  # (n, n_tiles) float32 out: max logit of each row's STAT_N-wide vocabulary tile
-    TILE_SUM,  # (n, n_tiles) float32 out: sum of exp(logit - tile max) over that tile
+    E, stride_em,  # (n, V) out, unit column stride: exp(logit - tile lse), when STORE_E
+    TILE_LSE,  # (n, n_tiles) float32 out: log-sum-exp of each row's STAT_N-wide vocab tile
     TARGET_LOGIT,  # (n,) float32 out: the target's logit (rows with an ignored target: unset)
     n, V, C, n_tiles,
     M_BUCKET,  # n rounded up to a power of two: the autotune key (linear_gelu._m_bucket)
@@ -275,13 +289,12 @@ def _flce_logits(
     if HAS_BIAS:
         acc += tl.load(B + offs_v, mask=v_ok, other=0.0).to(tl.float32)[None, :]
 
-    # the statistics of the float32 logits; columns past V carry no probability mass
+    # the tile's log-sum-exp, from the float32 logits; columns past V carry no probability
     acc = tl.where(v_ok[None, :], acc, float("-inf"))
     tile_max = tl.max(acc, axis=1)  # finite: every tile holds at least one column < V
     e = tl.exp(acc - tile_max[:, None])  # in (0, 1], 1 at the max
-    stat = offs_m * n_tiles + pid_v
-    tl.store(TILE_MAX + stat, tile_max, mask=m_ok)
-    tl.store(TILE_SUM + stat, tl.sum(e, axis=1), mask=m_ok)
+    tile_sum = tl.sum(e, axis=1)  # in [1, BLOCK_N]
+    tl.store(TILE_LSE + offs_m * n_tiles + pid_v, tile_max + tl.log(tile_sum), mask=m_ok)
     # the target's logit, from the one tile that holds its column
     target = tl.load(TARGET + offs_m * stride_t, mask=m_ok, other=-1).to(tl.int64)
     first = pid_v.to(tl.int64) * BLOCK_N
@@ -289,16 +302,18 @@ def _flce_logits(
     hit = offs_v[None, :] == target[:, None]
     tl.store(TARGET_LOGIT + offs_m, tl.sum(tl.where(hit, acc, 0.0), axis=1), mask=mine)
     if STORE_E:
-        # exp(logit - tile max) rather than the logit: the gradient kernels then need one
-        # multiply per element, not an exp, and a value in (0, 1] keeps the dtype's full
-        # relative precision (a bf16 logit of 10 is off by up to 0.02, i.e. 2% in softmax)
+        # the softmax within the tile, exp(logit - tile lse), rather than the logit: the
+        # gradient kernels then need one multiply per element, not an exp, and a value in
+        # (0, 1] keeps the dtype's full relative precision (a bf16 logit of 10 is off by up
+        # to 0.02, i.e. 2% in its softmax)
+        e = e * (1.0 / tile_sum)[:, None]
         tl.store(E + offs_m[:, None] * stride_em + offs_v[None, :],
                  e.to(E.dtype.element_ty), mask=m_ok[:, None] & v_ok[None, :])
 
 
 @triton.jit
 def _flce_lse(
-    TILE_MAX, TILE_SUM,  # (n, n_tiles) float32 partial statistics from _flce_logits
+    TILE_LSE,  # (n, n_tiles) float32 tile log-sum-exps from _flce_logits
     TARGET, stride_t,  # (n,) class ids or ignore_index
     TARGET_LOGIT,  # (n,) float32 target logits (unset where the target is ignored)
     LSE,  # (n,) float32 out: log-sum-exp of each row
@@ -306,17 +321,17 @@ def _flce_lse(
     n_tiles, ignore_index,
     BLOCK_T: tl.constexpr,
 ):
-    # combine a row's tile statistics: lse = M + log(sum_t s_t exp(m_t - M)), M = max_t m_t
+    # a row's lse is the log-sum-exp of its tiles' ones: M + log(sum_t exp(l_t - M)),
+    # M = max_t l_t, accumulated online over blocks of tiles
     row = tl.program_id(0).to(tl.int64)  # int64: row * n_tiles for long chunks
     offs = tl.arange(0, BLOCK_T)
     m = float("-inf")
     s = 0.0
     for t0 in range(0, n_tiles, BLOCK_T):
         ok = (t0 + offs) < n_tiles
-        tm = tl.load(TILE_MAX + row * n_tiles + t0 + offs, mask=ok, other=float("-inf"))
-        ts = tl.load(TILE_SUM + row * n_tiles + t0 + offs, mask=ok, other=0.0)
-        m_new = tl.maximum(m, tl.max(tm, axis=0))  # finite from the first block on
-        s = s * tl.exp(m - m_new) + tl.sum(ts * tl.exp(tm - m_new), axis=0)
+        lt = tl.load(TILE_LSE + row * n_tiles + t0 + offs, mask=ok, other=float("-inf"))
+        m_new = tl.maximum(m, tl.max(lt, axis=0))  # finite from the first block on
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(lt - m_new), axis=0)
         m = m_new
     lse = m + tl.log(s)
     valid = tl.load(TARGET + row * stride_t) != ignore_index
@@ -339,8 +354,8 @@ def _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, rows, ok, ignore_index):
                     prune=_prune(_DX_TILES, _smem_dx, "W"))
 @triton.jit
 def _flce_dx(
-    E, stride_em,  # (n, V) exp(logit - tile max), unit column stride
-    TILE_MAX,  # (n, n_tiles) float32 tile maxima
+    E, stride_em,  # (n, V) exp(logit - tile lse), unit column stride
+    TILE_LSE,  # (n, n_tiles) float32 tile log-sum-exps
     LSE,  # (n,) float32
     TARGET, stride_t,  # (n,) class ids or ignore_index
     SCALE, stride_s,  # (n,) float32 gradient of each row's loss; stride 0 broadcasts one
@@ -369,12 +384,12 @@ def _flce_dx(
                                     ignore_index)
     e_ptrs = E + offs_m[:, None] * stride_em + offs_v[None, :]  # (BM, BN)
     w_ptrs = W + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wk  # (BN, BK)
-    stat_ptrs = TILE_MAX + offs_m * n_tiles
+    stat_ptrs = TILE_LSE + offs_m * n_tiles
 
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for v0 in range(0, V, BLOCK_N):
         v_ok = (v0 + offs_v) < V
-        # softmax = e * exp(tile max - lse): one exp per row and tile, not per element
+        # softmax = e * exp(tile lse - lse): one exp per row and tile, not per element
         f = tl.exp(tl.load(stat_ptrs + v0 // STAT_WIDTH, mask=m_ok, other=0.0) - lse) * scale
         e = tl.load(e_ptrs, mask=m_ok[:, None] & v_ok[None, :], other=0.0).to(tl.float32)
         hit = (v0 + offs_v)[None, :] == target[:, None]
@@ -395,8 +410,8 @@ def _flce_dx(
                     prune=_prune(_DW_TILES, _smem_dw, "X"))
 @triton.jit
 def _flce_dw(
-    E, stride_em,  # (n, V) exp(logit - tile max), unit column stride
-    TILE_MAX,  # (n, n_tiles) float32 tile maxima
+    E, stride_em,  # (n, V) exp(logit - tile lse), unit column stride
+    TILE_LSE,  # (n, n_tiles) float32 tile log-sum-exps
     LSE,  # (n,) float32
     TARGET, stride_t,  # (n,) class ids or ignore_index
     SCALE, stride_s,  # (n,) float32 gradient of each row's loss; stride 0 broadcasts one
@@ -441,7 +456,7 @@ def _flce_dw(
         r_ok = rows < n
         target, scale, lse = _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, rows, r_ok,
                                         ignore_index)
-        f = tl.exp(tl.load(TILE_MAX + rows * n_tiles + stat, mask=r_ok, other=0.0) - lse) * scale
+        f = tl.exp(tl.load(TILE_LSE + rows * n_tiles + stat, mask=r_ok, other=0.0) - lse) * scale
         et = tl.load(et_ptrs, mask=v_ok[:, None] & r_ok[None, :], other=0.0).to(tl.float32)
         hit = offs_v[:, None] == target[None, :]
         dt = et * f[None, :] - tl.where(hit, scale[None, :], 0.0)  # (BN, BM) dlogits^T
@@ -489,12 +504,13 @@ def _stat_tiles(V):
     return triton.cdiv(int(V), STAT_N)
 
 
-def flce_logits(x, weight, bias, target, e, tile_max, tile_sum, target_logit):
+def flce_logits(x, weight, bias, target, e, tile_lse, target_logit):
     """The logits kernel on one chunk: x (n, C), weight (V, C), bias (V,) or None, target (n,).
 
-    Writes ``tile_max``, ``tile_sum`` (n, cdiv(V, STAT_N)) float32 and ``target_logit`` (n,)
-    float32, and, when ``e`` is an (n, V) buffer (not None), exp(logit - tile max) into it
-    in x's dtype. All outputs are buffers the caller allocated for this launch.
+    Writes ``tile_lse`` (n, cdiv(V, STAT_N)) float32 (the log-sum-exp of each row's
+    STAT_N-wide vocabulary tiles) and ``target_logit`` (n,) float32, and, when ``e`` is an
+    (n, V) buffer (not None), exp(logit - tile lse) into it in x's dtype. All outputs are
+    buffers the caller allocated.
     """
     n, C = x.shape
     V = weight.shape[0]
@@ -503,20 +519,20 @@ def flce_logits(x, weight, bias, target, e, tile_max, tile_sum, target_logit):
         weight, weight.stride(0), weight.stride(1),
         bias if bias is not None else weight,
         target, target.stride(0),
-        e if e is not None else tile_max, e.stride(0) if e is not None else 0,
-        tile_max, tile_sum, target_logit,
+        e if e is not None else tile_lse, e.stride(0) if e is not None else 0,
+        tile_lse, target_logit,
         n, V, C, _stat_tiles(V), _m_bucket(n),
         HAS_BIAS=bias is not None, STORE_E=e is not None, UPCAST=_upcast(x.dtype),
         DOT_PRECISION=_precision(x.dtype, x.device),
     )
 
 
-def flce_lse(tile_max, tile_sum, target, target_logit, ignore_index, lse, loss):
-    """Combine the tile statistics of n rows into ``lse`` and ``loss`` (n,) float32."""
-    n, n_tiles = tile_max.shape
+def flce_lse(tile_lse, target, target_logit, ignore_index, lse, loss):
+    """Combine the tile log-sum-exps (n, T) of n rows into ``lse`` and ``loss`` (n,) float32."""
+    n, n_tiles = tile_lse.shape
     block = min(1024, triton.next_power_of_2(n_tiles))
     launch(_flce_lse)[(n,)](
-        tile_max, tile_sum, target, target.stride(0), target_logit, lse, loss,
+        tile_lse, target, target.stride(0), target_logit, lse, loss,
         n_tiles, ignore_index,
         BLOCK_T=block, num_warps=4 if block >= 512 else 2,
     )
@@ -526,7 +542,7 @@ def _scale_stride(scale):
     return 0 if scale.numel() == 1 else scale.stride(0)
 
 
-def flce_grad_x(e, tile_max, lse, target, scale, ignore_index, weight, grad_x):
+def flce_grad_x(e, tile_lse, lse, target, scale, ignore_index, weight, grad_x):
     """grad_x (n, C) = dlogits @ weight, dlogits = (softmax - onehot) * scale formed from
     ``e`` (n, V) in the kernel's operand loads; ``scale`` float32, 1 or n values."""
     n, C = grad_x.shape
@@ -534,16 +550,16 @@ def flce_grad_x(e, tile_max, lse, target, scale, ignore_index, weight, grad_x):
     if C == 0:
         return
     launch(_flce_dx)[_tiles(n, C, "BLOCK_M", "BLOCK_K")](
-        e, e.stride(0), tile_max, lse, target, target.stride(0), scale, _scale_stride(scale),
+        e, e.stride(0), tile_lse, lse, target, target.stride(0), scale, _scale_stride(scale),
         weight, weight.stride(0), weight.stride(1),
         grad_x, grad_x.stride(0), grad_x.stride(1),
-        n, V, C, tile_max.shape[1], ignore_index, _m_bucket(n),
+        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(n),
         UPCAST=_upcast(weight.dtype), DOT_PRECISION=_precision(weight.dtype, weight.device),
         STAT_WIDTH=STAT_N,
     )
 
 
-def flce_grad_weight(e, tile_max, lse, target, scale, ignore_index, x, grad_weight, grad_bias,
+def flce_grad_weight(e, tile_lse, lse, target, scale, ignore_index, x, grad_weight, grad_bias,
                      accumulate):
     """grad_weight (V, C) float32 (+)= dlogits^T @ x and grad_bias (V,) float32 (+)= the
     column sums of dlogits, dlogits formed from ``e`` (n, V) as in ``flce_grad_x``; either
@@ -559,11 +575,11 @@ def flce_grad_weight(e, tile_max, lse, target, scale, ignore_index, x, grad_weig
         grid = lambda meta: (triton.cdiv(V, meta["BLOCK_N"]),)  # noqa: E731
     dw = grad_weight if write_dw else grad_bias  # a placeholder when not written
     launch(_flce_dw)[grid](
-        e, e.stride(0), tile_max, lse, target, target.stride(0), scale, _scale_stride(scale),
+        e, e.stride(0), tile_lse, lse, target, target.stride(0), scale, _scale_stride(scale),
         x, x.stride(0), x.stride(1),
         dw, *(grad_weight.stride() if write_dw else (0, 0)),
         grad_bias if grad_bias is not None else dw,
-        n, V, C, tile_max.shape[1], ignore_index, _m_bucket(n),
+        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(n),
         HAS_BIAS=grad_bias is not None, WRITE_DW=write_dw, ACCUMULATE=accumulate,
         UPCAST=_upcast(x.dtype), DOT_PRECISION=_precision(x.dtype, x.device),
         STAT_WIDTH=STAT_N,
@@ -605,8 +621,7 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     # gradient kernel will read them) and the float32 row statistics.
     height = min(rows, N)
     e_buffer = torch.empty(height, V, dtype=x.dtype, device=device) if need_grad else None
-    tile_max = torch.empty(height, _stat_tiles(V), dtype=torch.float32, device=device)
-    tile_sum = torch.empty_like(tile_max)
+    tile_lse = torch.empty(height, _stat_tiles(V), dtype=torch.float32, device=device)
     target_logit = torch.empty(height, dtype=torch.float32, device=device)
     lse = torch.empty(height, dtype=torch.float32, device=device)
     for start in range(0, N, rows):
@@ -614,16 +629,15 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
         n = end - start
         x_chunk, t_chunk = x[start:end], target[start:end]
         e = e_buffer[:n] if need_grad else None  # the first n rows: contiguous
-        stats = tile_max[:n], tile_sum[:n]
-        flce_logits(x_chunk, weight, bias, t_chunk, e, *stats, target_logit[:n])
-        flce_lse(*stats, t_chunk, target_logit[:n], ignore_index, lse[:n],
+        flce_logits(x_chunk, weight, bias, t_chunk, e, tile_lse[:n], target_logit[:n])
+        flce_lse(tile_lse[:n], t_chunk, target_logit[:n], ignore_index, lse[:n],
                  loss_rows[start:end])
         scale = grad_scale[start:end] if per_row_scale else grad_scale
         if need_x:
-            flce_grad_x(e, tile_max[:n], lse[:n], t_chunk, scale, ignore_index, weight,
+            flce_grad_x(e, tile_lse[:n], lse[:n], t_chunk, scale, ignore_index, weight,
                         grad_x[start:end])
         if need_weight or need_bias:
-            flce_grad_weight(e, tile_max[:n], lse[:n], t_chunk, scale, ignore_index, x_chunk,
+            flce_grad_weight(e, tile_lse[:n], lse[:n], t_chunk, scale, ignore_index, x_chunk,
                              grad_weight, grad_bias, accumulate=start > 0)
     return loss_rows, grad_x, grad_weight, grad_bias
 

@@ -359,33 +359,29 @@ def test_gpu_rerun_is_bit_identical():
 
 def _chunk_buffers(n, V):
     T = -(-V // flce_mod.STAT_N)
-    return (torch.full((n, T), float("nan")), torch.full((n, T), float("nan")),
-            torch.full((n,), float("nan")))
+    return torch.full((n, T), float("nan")), torch.full((n,), float("nan"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_logits_kernel_statistics(dtype):
-    # per (row, 128-column tile): max and sum of exp(logit - max); the target's logit; the
-    # stored exp(logit - tile max) in x's dtype. V = 300: a ragged last tile of 44 columns
+    # per (row, 128-column tile): the tile's log-sum-exp and the softmax within the tile,
+    # exp(logit - tile lse), in x's dtype; the target's logit. V = 300: a ragged last tile
     n, C, V = 21, 40, 300
     x, w, b, target = make_inputs(n, C, V, dtype)
-    tile_max, tile_sum, target_logit = _chunk_buffers(n, V)
+    tile_lse, target_logit = _chunk_buffers(n, V)
     e = torch.empty(n, V, dtype=dtype)
-    flce_mod.flce_logits(x, w, b, target, e, tile_max, tile_sum, target_logit)
+    flce_mod.flce_logits(x, w, b, target, e, tile_lse, target_logit)
     logits = x.double() @ w.double().t() + b.double()
     tiles = logits.split(flce_mod.STAT_N, dim=1)
-    ref_max = torch.stack([t.amax(1) for t in tiles], dim=1)
-    ref_sum = torch.stack([(t - m[:, None]).exp().sum(1) for t, m in zip(tiles, ref_max.t())],
-                          dim=1)
-    ref_e = torch.cat([(t - m[:, None]).exp() for t, m in zip(tiles, ref_max.t())], dim=1)
+    ref_tile_lse = torch.stack([t.logsumexp(1) for t in tiles], dim=1)
+    ref_e = torch.cat([t.softmax(1) for t in tiles], dim=1)
     tol = 1e-5 if dtype == torch.float32 else 2e-3  # the logits are a matmul in x's dtype
-    assert_close(tile_max, ref_max, tol, "tile max")
-    assert_close(tile_sum, ref_sum, tol, "tile sum")
-    assert_close(e, ref_e, tol, "exp(logit - tile max)")
+    assert_close(tile_lse, ref_tile_lse, tol, "tile lse")
+    assert_close(e, ref_e, tol, "exp(logit - tile lse)")
     valid = target != IGNORE
     assert_close(target_logit[valid], logits[valid, target[valid]], tol, "target logit")
     lse, loss = torch.empty(n), torch.empty(n)
-    flce_mod.flce_lse(tile_max, tile_sum, target, target_logit, IGNORE, lse, loss)
+    flce_mod.flce_lse(tile_lse, target, target_logit, IGNORE, lse, loss)
     ref_lse = logits.logsumexp(1)
     assert_close(lse, ref_lse, tol, "lse")
     assert torch.equal(loss[~valid], torch.zeros(int((~valid).sum())))
@@ -397,24 +393,24 @@ def test_wgrad_overwrites_then_accumulates():
     # nothing is zero-filled), a later chunk's adds into them; rows scaled per row
     n, C, V = 19, 48, 260
     x, w, b, target = make_inputs(n, C, V, torch.float32)
-    tile_max, tile_sum, target_logit = _chunk_buffers(n, V)
+    tile_lse, target_logit = _chunk_buffers(n, V)
     e, lse, loss = torch.empty(n, V), torch.empty(n), torch.empty(n)
-    flce_mod.flce_logits(x, w, b, target, e, tile_max, tile_sum, target_logit)
-    flce_mod.flce_lse(tile_max, tile_sum, target, target_logit, IGNORE, lse, loss)
+    flce_mod.flce_logits(x, w, b, target, e, tile_lse, target_logit)
+    flce_mod.flce_lse(tile_lse, target, target_logit, IGNORE, lse, loss)
     scale = torch.randn(n)
     gw, gb = torch.full((V, C), float("nan")), torch.full((V,), float("nan"))
-    flce_mod.flce_grad_weight(e, tile_max, lse, target, scale, IGNORE, x, gw, gb, False)
+    flce_mod.flce_grad_weight(e, tile_lse, lse, target, scale, IGNORE, x, gw, gb, False)
     logits = x.double() @ w.double().t() + b.double()
     valid = (target != IGNORE).double()
     onehot = F.one_hot(target.clamp(min=0), V).double()
     dlogits = (logits.softmax(1) - onehot) * (scale.double() * valid)[:, None]
     assert_close(gw, dlogits.t() @ x.double(), 1e-5, "grad_weight, first chunk")
     assert_close(gb, dlogits.sum(0), 1e-5, "grad_bias, first chunk")
-    flce_mod.flce_grad_weight(e, tile_max, lse, target, scale, IGNORE, x, gw, gb, True)
+    flce_mod.flce_grad_weight(e, tile_lse, lse, target, scale, IGNORE, x, gw, gb, True)
     assert_close(gw, 2 * dlogits.t() @ x.double(), 1e-5, "grad_weight, accumulated")
     assert_close(gb, 2 * dlogits.sum(0), 1e-5, "grad_bias, accumulated")
     gx = torch.full((n, C), float("nan"))
-    flce_mod.flce_grad_x(e, tile_max, lse, target, scale, IGNORE, w, gx)
+    flce_mod.flce_grad_x(e, tile_lse, lse, target, scale, IGNORE, w, gx)
     assert_close(gx, dlogits @ w.double(), 1e-5, "grad_x")
 
 
@@ -449,7 +445,7 @@ def test_ignore_index_inside_the_vocabulary():
 
 def test_no_gradient_no_chunk_buffer(monkeypatch):
     # the loss alone (no_grad, evaluation, the "none" forward) never allocates the (rows, V)
-    # buffer of exponentials: only the float32 statistics
+    # buffer of exponentials: only the float32 tile statistics
     x, w, b, target = make_inputs(40, 32, 3000, torch.float16)
     sizes = []
     real_empty = torch.empty
