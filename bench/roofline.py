@@ -331,10 +331,10 @@ def op_linear_gelu(s, path, block_k=64):
 # kernel, grad_weight accumulated by cuBLAS in float32), and the Triton matmuls with the
 # cross-entropy inside them (gpt_kernels/fused_linear_cross_entropy.py now).
 FLCE_VERSIONS = ("before", "cublas", "fused")
-FLCE_STAT_N = 128  # vocabulary columns per partial log-sum-exp statistic (its STAT_N)
+FLCE_STAT_N = 128  # vocabulary columns per float32 tile log-sum-exp (the module's STAT_N)
 FLCE_GRAD_BLOCK_K = 128  # the gradient kernels' widest BLOCK_K in bf16 (dx and dW tiles)
 # Thread-instructions per element, an estimate from the kernels' source (not measured): the
-# logits epilogue (max, subtract, exp2 and its scale, sum, convert, store) ~8; forming
+# logits epilogue (max, subtract, exp2 and its scale, sum, scale, convert, store) ~8; forming
 # dlogits = e * f - onehot * scale in a gradient kernel's operand load (convert, multiply,
 # compare, select, subtract, convert back) ~6, done C / BLOCK_K times per element per kernel.
 FLCE_EPILOGUE_INSTR = 8
@@ -351,8 +351,8 @@ def flce_counts(s, rows, version="fused"):
     "cublas" (issue 20: cuBLAS matmuls write the chunk's logits, the cross-entropy kernel
     reads them twice and overwrites them with dlogits, two cuBLAS matmuls read those,
     grad_weight accumulated in float32 by cuBLAS); "fused" (now: the logits kernel writes
-    exp(logit - tile max) and per-tile float32 statistics, a small kernel combines them into
-    lse and the loss, dgrad and wgrad re-form dlogits from the exponentials in their operand
+    exp(logit - tile lse) and each STAT_N-wide tile's float32 log-sum-exp, a small kernel
+    combines those into lse and the loss, dgrad and wgrad re-form dlogits from the exponentials in their operand
     loads, wgrad adds into the float32 grad_weight in its epilogue).
     """
     if version not in FLCE_VERSIONS:
@@ -368,9 +368,9 @@ def flce_counts(s, rows, version="fused"):
         n = min(rows, N - start)
         rows_in = n * (8 + 4)  # per row: the int64 target and a float32 (lse or target logit)
         if version == "fused":
-            c.k("logits (+ tile statistics, exp)", n * C * e + V * C * e + n * 8,
-                n * V * e + 2 * n * T * 4 + n * 4)
-            c.k("lse + loss", 2 * n * T * 4 + rows_in, 2 * n * 4)
+            c.k("logits (+ tile lse, exp)", n * C * e + V * C * e + n * 8,
+                n * V * e + n * T * 4 + n * 4)
+            c.k("lse + loss", n * T * 4 + rows_in, 2 * n * 4)
             c.k("grad_x (dlogits in the loads)", n * V * e + V * C * e + n * T * 4 + rows_in,
                 n * C * e)
             c.k("grad_weight += (dlogits in the loads)",

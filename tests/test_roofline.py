@@ -115,14 +115,14 @@ def test_flce_fused_counts_under_5_gb():
     NV = s.N * s.V * s.e
     writes = sum(k[2] for k in fused.kernels if k[0].startswith("logits"))
     T = -(-s.V // 128)
-    assert writes == NV + 2 * s.N * T * 4 + s.N * 4  # plus the float32 statistics
+    assert writes == NV + s.N * T * 4 + s.N * 4  # plus the float32 tile lse, target logit
     grads = [k for k in fused.kernels if k[0].startswith(("grad_x (", "grad_weight +="))]
     n, chunks = rl.flce_rows(s), 4
     assert len(grads) == 2 * chunks
     others = (chunks * s.V * s.C * s.e  # dgrad: W
               + chunks * n * s.C * s.e  # wgrad: x
               + (chunks - 1) * s.V * s.C * 4  # wgrad: the float32 accumulator after chunk 1
-              + 2 * chunks * n * (T * 4 + 8 + 4))  # tile maxima, target, lse
+              + 2 * chunks * n * (T * 4 + 8 + 4))  # tile lse, target, lse
     assert sum(k[1] for k in grads) - others == 2 * NV
     # the cuBLAS version moved the logits 5 times: 1.6 GB more than the fused one
     cublas = rl.flce_counts(s, rl.flce_rows(s), "cublas")
