@@ -1,19 +1,34 @@
-"""Fused linear cross-entropy: ``cross_entropy(x @ weight.T + bias, target)`` in token chunks.
+"""Fused linear cross-entropy: ``cross_entropy(x @ weight.T + bias, target)``, the
+cross-entropy inside the matmuls.
 
 The lm_head of GPT-2 at training sizes (N = 8192 tokens, V = 50304) would produce 412M logits:
 1.6 GB in float32, and ``F.cross_entropy`` keeps a float32 log-softmax of the same size for its
 backward. Here the tokens go through in chunks of ``chunk_rows(N, V, C, itemsize)`` rows, as
-many as ``CHUNK_BUDGET_BYTES`` (256 MiB) of logits hold (all N when they fit); for each chunk
+many as ``CHUNK_BUDGET_BYTES`` (256 MiB) of logits hold (all N when they fit), and each chunk
+takes four Triton launches:
 
-1. the chunk's logits are one matmul (torch / cuBLAS, as Liger-Kernel does) into a
-   ``(rows, V)`` buffer this module allocated once and reuses for every chunk;
-2. the Triton cross-entropy kernel (``gpt_kernels/cross_entropy.py``) computes the chunk's loss and,
-   in the same launch, overwrites that buffer with ``softmax - onehot`` (each program reads a
-   logit before it writes its gradient, so the aliasing is safe);
-3. two more matmuls turn that into the chunk's rows of ``grad_x`` (written in place, in the
-   matmul dtype) and its contribution to ``grad_weight``, which cuBLAS adds straight into
-   the float32 accumulator (``torch.addmm(..., out_dtype=torch.float32)``, CUDA, torch >= 2.8;
-   the first chunk overwrites it, so nothing is zero-filled); ``grad_bias`` is a column sum.
+1. ``_flce_logits``: the chunk's logits x @ W^T (+ bias), tiled over (rows, vocabulary) in
+   grouped order, K loop over C. Its epilogue works on the float32 accumulator: the
+   log-sum-exp of each row over the tile's ``STAT_N`` = 128 columns (one float32 per row
+   and tile), the target's logit where the tile holds the target, and, when a gradient is
+   wanted, the softmax within the tile, exp(logit - tile lse), stored in the matmul dtype
+   into a (rows, V) buffer allocated once for all chunks.
+2. ``_flce_lse``: each row's lse from its tile log-sum-exps, and its loss, lse - target
+   logit (0 for an ignored row). Nothing reads the (rows, V) buffer to normalise it.
+3. ``_flce_dx`` (dgrad): the chunk's rows of grad_x = dlogits @ W. dlogits is formed in the
+   operand loads: softmax = e * exp(tile lse - lse) (one exp per row and tile, a multiply
+   per element), minus the one-hot target, times the row's scale (0 for ignored rows).
+4. ``_flce_dw`` (wgrad): grad_weight (V, C) float32 (+)= dlogits^T @ x with the same
+   prologue, the float32 sum over chunks in its epilogue (load, add, store; the first
+   chunk stores without loading, so nothing is zero-filled), grad_bias the column sums of
+   the float32 dlogits in the same loop (K-tile 0 writes them).
+
+The buffer holds exp(logit - tile lse), not the logit: the gradient kernels then spend a
+multiply per element instead of an exp, and a value in (0, 1] keeps its dtype's whole
+relative precision, where a bf16 logit of 10 is off by up to 0.02 (2% in its softmax). Each
+gradient kernel re-forms a dlogits element once per output tile it feeds (C / BLOCK_K times:
+6 at BLOCK_K = 128), about 6 instructions each; the alternative, a stored dlogits, would be
+another write and read of the (rows, V) buffer.
 
 So for "mean" and "sum" the forward already holds every gradient up to the scalar upstream
 gradient, and backward only scales them (three matmuls in all, as in an unfused lm_head; the
@@ -21,43 +36,55 @@ logits are never recomputed). What backward needs is stored, not recomputed: ``g
 and ``grad_weight`` (V, C) float32, ``grad_bias`` (V,) float32, far smaller than (N, V) logits.
 
 For "none" the upstream gradient differs per row and must weight each row of
-``softmax - onehot`` before the ``grad_weight`` matmul sums over rows, so the forward computes
-the loss only and backward runs the chunk loop again with the per-row gradient as the kernel's
-scale (one extra lm_head matmul, still no (N, V) tensor).
+``softmax - onehot`` before the wgrad kernel sums over rows, so the forward computes the loss
+only (no (rows, V) buffer: the logits kernel stores no exponentials) and backward runs the
+chunk loop again with the per-row gradient as the gradient kernels' scale (one extra lm_head
+matmul, still no (N, V) tensor).
+
+One path: the version before this one (cuBLAS matmuls around the cross-entropy kernel of
+``gpt_kernels/cross_entropy.py``, which overwrote the chunk's logits with dlogits) is gone.
+On a CPU these kernels run in Triton's interpreter (CI), where ``tl.dot`` on bfloat16 is wrong:
+there the kernels upcast bfloat16 dot operands to float32 (exact products, float32 sums, as the
+tensor cores give).
 
 Dtypes: the matmuls run in the dtype the public function was given, or in the autocast dtype
-when autocast is on (as ``F.linear`` would); loss and log-sum-exp are float32. The reduction's
-``1/n_valid`` and the upstream gradient are applied to the float32 accumulators, not to the
-low-precision chunk buffer (in float16, ``softmax / 8192`` would flush to zero). Gradients come
+when autocast is on (as ``F.linear`` would); loss and log-sum-exps are float32. The reduction's
+``1/n_valid`` and the upstream gradient are applied to the float32 accumulators, not to
+low-precision dlogits (in float16, ``softmax / 8192`` would flush to zero). Gradients come
 back in each input's own dtype: float32 parameters under autocast get float32 gradients from
 the float32 accumulators, not a bfloat16 copy.
 
-TF32: none of our own. On the float32 path the matmuls are ``torch.mm`` and follow torch's
-setting ``torch.backends.cuda.matmul.allow_tf32``: off by default (IEEE float32, what the tests
-check), on in ``train.py``'s CUDA runs, where the lm_head matmuls then use TF32 exactly as an
-unfused ``F.linear`` would. The cross-entropy kernel has no matmul.
+TF32: float32 operands use IEEE dots unless torch's float32 matmul precision allows TF32 on a
+GPU (``linear_gelu._dot_precision``): off by default (what the tests check), on in
+``train.py``'s CUDA runs (``allow_tf32``), where an unfused ``F.linear`` would use TF32 too.
 
 Bytes and launches per step (GPT-2: N = 8192, C = 768, V = 50304, bf16 under autocast; every
 operand counted at each kernel that reads it, no L2 credit; ``bench.roofline.flce_counts``
-computes them and tests/test_roofline.py checks them). FLOPs are the same before and after:
+computes them and tests/test_roofline.py checks them). FLOPs are the same in every version:
 3 x 2NCV = 1.90 TFLOP, 2.4 ms at 790 TFLOP/s.
 
 - before issue 20: 64 chunks of 128 rows, each chunk's grad_weight a fresh (V, C) bf16
-  product (77 MB) added into float32 (read 232 MB, write 155 MB), a zero-fill, grad_x copied
-  to float32: 45.4 GB and 394 launches (13.5 ms at 3.35 TB/s).
-- now: 4 chunks of 2048 rows; grad_weight read + written once per chunk after the first
-  (cuBLAS float32 output), grad_x stored by its matmul: 7.3 GB and 25 launches (2.2 ms at
-  3.35 TB/s). Of these, 4.1 GB are the (N, V) bf16 logits themselves (written by the matmul,
-  read twice and overwritten by the cross-entropy kernel, read by the two gradient matmuls);
-  the 5 GB target needs the cross-entropy fused into the matmuls' epilogue, not done here.
-  Where torch has no float32-output matmul for half operands (CPU torch) each chunk's product
-  is a half temporary added in float32, as before.
+  product (77 MB) added into float32, a zero-fill, grad_x copied to float32: 45.4 GB and
+  394 launches (13.5 ms at 3.35 TB/s).
+- issue 20, cuBLAS chunks: 4 chunks of 2048 rows, grad_weight accumulated in float32 by
+  cuBLAS: 7.3 GB and 25 launches (2.2 ms at 3.35 TB/s), 4.1 GB of them the (N, V) bf16 logits
+  (written by the matmul, read twice and overwritten by the cross-entropy kernel, read by
+  the two gradient matmuls).
+- now: the same chunks; the (N, V) exponentials are written once (824 MB) and read twice
+  (dgrad, wgrad: 1.65 GB); the float32 tile log-sum-exps (12.9 MB) written once and read
+  three times: 4.9 GB and 25 launches (per chunk logits, lse, dgrad, wgrad; 1.46 ms at
+  3.35 TB/s, under the 2.4 ms of the matmuls). The dlogits formation, ~33 G
+  thread-instructions by the roofline's estimate (1.0 ms of an H100's non-tensor issue
+  rate), runs beside the tensor cores. Unmeasured on a GPU.
 
-Memory (GPT-2 sizes, bf16 under autocast): one 2048 x 50304 chunk buffer (206 MB), float32
-``grad_weight`` (155 MB), bf16 ``grad_x`` (12.6 MB), the bf16 copies of x and weight
-autocast needs (90 MB). Backward scales the saved gradients by the upstream gradient into
-new tensors (the saved ones are outputs of the forward op, which must not change after it
-returned: opcheck and torch.compile compare them), so backward twice gives the same answer.
+Memory (GPT-2 sizes, bf16 under autocast): the 2048 x 50304 chunk buffer (206 MB) as before,
+float32 ``grad_weight`` (155 MB), bf16 ``grad_x`` (12.6 MB), the float32 tile log-sum-exps
+(2048 x 393: 3.2 MB, new), and the bf16 copies of x and weight autocast needs (90 MB): 3.2 MB
+(0.9%) more than the cuBLAS chunks when a gradient is wanted, and no chunk buffer (206 MB
+less) when none is (``torch.no_grad()``, evaluation, the "none" forward). Backward scales
+the saved gradients by the upstream gradient into new tensors (the saved ones are outputs
+of the forward op, which must not change after it returned: opcheck and torch.compile
+compare them), so backward twice gives the same answer.
 """
 
 import os
