@@ -16,9 +16,9 @@ How the peak is measured:
   live bytes of the tensors torch allocated in the step (the running sum, in time order, of
   the size of every allocation and free the profiler records). Memory the Triton interpreter
   uses internally (numpy copies) is not a torch allocation and is not counted. The Triton
-  kernels run in the interpreter on CPU (TRITON_INTERPRET=1, set here before triton is
-  imported), about 0.03 s per token row at V=50304: the issue's N=8192 takes ~4 minutes
-  (``--n=8192``), so the default CPU size is N=512.
+  kernels, the fused loss's matmuls included, run in the interpreter on CPU
+  (TRITON_INTERPRET=1, set here before triton is imported), about 2 s per token row at
+  V=50304 (N=512: 1,069 s on 2 shared cores, 2026-12-05), so the default CPU size is N=512.
 
 Alongside the measurement the script prints the analytic size of the largest live buffers of
 each path at the issue's size (8192 x 768 x 50304) for the chosen dtype.
