@@ -352,13 +352,14 @@ def flce_counts(s, rows, version="fused"):
     reads them twice and overwrites them with dlogits, two cuBLAS matmuls read those,
     grad_weight accumulated in float32 by cuBLAS); "fused" (now: the logits kernel writes
     exp(logit - tile lse) and each STAT_N-wide tile's float32 log-sum-exp, a small kernel
-    combines those into lse and the loss, dgrad and wgrad re-form dlogits from the exponentials in their operand
-    loads, wgrad adds into the float32 grad_weight in its epilogue).
+    combines those into lse and the loss, dgrad and wgrad re-form dlogits from the
+    exponentials in their operand loads, wgrad adds into the float32 grad_weight in its
+    epilogue).
     """
     if version not in FLCE_VERSIONS:
         raise ValueError(f"version must be one of {FLCE_VERSIONS}, got {version!r}")
     N, C, V, e = s.N, s.C, s.V, s.e
-    T = math.ceil(V / FLCE_STAT_N)
+    T = -(-V // FLCE_STAT_N)  # vocabulary tiles
     c = _Count()
     c.k("cast x, W", (N * C + V * C) * 4, (N * C + V * C) * e, 2)
     c.k("n_valid scale", N * 8, 4, 3)
@@ -399,7 +400,7 @@ def flce_alu(s):
     """Thread-instructions outside the tensor cores of the "fused" version: each logit's
     epilogue once, and dlogits formed C / BLOCK_K times in each of the two gradient kernels."""
     per_element = (FLCE_EPILOGUE_INSTR
-                   + 2 * math.ceil(s.C / FLCE_GRAD_BLOCK_K) * FLCE_DLOGITS_INSTR)
+                   + 2 * -(-s.C // FLCE_GRAD_BLOCK_K) * FLCE_DLOGITS_INSTR)
     return s.N * s.V * per_element
 
 
