@@ -293,10 +293,11 @@ def test_bad_reduction_raises():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gpt2_sizes_in_the_interpreter(reduction):
-    """GPT-2's lm_head (C=768, V=50304) over several token chunks, float32 (make test-all;
-    minutes in Triton's interpreter)."""
-    check_against_reference(*make_inputs(300, 768, 50304, torch.float32), reduction)
+def test_gpt2_sizes_in_the_interpreter(reduction, monkeypatch):
+    """GPT-2's lm_head (C=768, V=50304) over three token chunks, float32 (make test-all;
+    minutes in Triton's interpreter, which runs the fused matmuls at ~2 s per token row)."""
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 16)  # 3 chunks, ragged
+    check_against_reference(*make_inputs(40, 768, 50304, torch.float32), reduction)
 
 
 # --------------------------------------------------------------------------- GPU
