@@ -126,10 +126,10 @@ CHUNK_BUDGET_BYTES = 256 * 2**20
 _MIN_CHUNK_ROWS = 64
 _ROW_MULTIPLE = 64  # chunk heights rounded to a matmul tile when the budget allows it
 
-# Vocabulary columns per partial log-sum-exp statistic: the logits kernel's BLOCK_N in every
-# config. It is fixed because the (rows, cdiv(V, STAT_N)) statistics buffers are allocated
-# before the autotuner picks a config; the gradient kernels' vocabulary tiles divide it, so
-# each of their tiles lies inside one statistics tile.
+# Vocabulary columns per tile log-sum-exp: the logits kernel's BLOCK_N in every config. It is
+# fixed because the (rows, cdiv(V, STAT_N)) float32 statistics buffer is allocated before the
+# autotuner picks a config; the gradient kernels' vocabulary tiles divide it, so each of their
+# tiles lies inside one statistics tile.
 STAT_N = 128
 
 
