@@ -1,5 +1,8 @@
 """Kernel benchmarks: each Triton kernel against PyTorch at GPT-2 shapes.
 
+One file although over 500 lines: one command's cases, providers and measuring loop, a
+section each (what it shares with the other benchmarks is in bench/common.py).
+
     python -m bench.kernels                                   # everything (tens of minutes on an H100)
     python -m bench.kernels --quick=True                      # fewer shapes
     python -m bench.kernels --ops=flash_attention --dtypes=bfloat16 --modes=fwd+bwd
@@ -51,21 +54,29 @@ import torch
 import torch.nn.functional as F
 
 from bench import common
-from gpt.cli import Opt, UsageError, defaults, parse, run_main
+from gpt.cli import Opt, defaults, parse, run_main
+from gpt.hardware import DTYPES
 from gpt.model import PRESETS, GPTConfig
 
 PROG = "python -m bench.kernels"
+MODES = ("fwd", "bwd", "fwd+bwd")
+OPS = ("flash_attention", "layer_norm", "linear_gelu", "cross_entropy",
+       "fused_linear_cross_entropy")
+COMMON_PROVIDERS = ("triton", "torch", "compile", "liger")
+ATTENTION_PROVIDERS = ("naive", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
+HEAD_DIMS = (64, 128)  # attention head dims timed by default (GPT-2's heads are all 64 wide)
 OPTIONS = {
     "what": dict(
-        ops=Opt("all", "comma-separated kernels (flash_attention, layer_norm, linear_gelu, "
-                "cross_entropy, fused_linear_cross_entropy), or all"),
-        providers=Opt("all", "comma-separated (triton, torch, compile, liger, naive, sdpa, "
-                      "sdpa-flash, sdpa-efficient, sdpa-cudnn), or all"),
-        modes=Opt("fwd,bwd,fwd+bwd", "comma-separated of fwd, bwd, fwd+bwd"),
-        dtypes=Opt("", "comma-separated of bfloat16, float16, float32; empty: each kernel's own"),
+        ops=Opt(OPS, "comma-separated kernels, or all", choices=OPS),
+        providers=Opt(COMMON_PROVIDERS + ATTENTION_PROVIDERS, "comma-separated, or all",
+                      choices=COMMON_PROVIDERS + ATTENTION_PROVIDERS),
+        modes=Opt(MODES, "comma-separated, or all", choices=MODES),
+        dtypes=Opt((), "comma-separated; empty: each kernel's own", item=str,
+                   choices=tuple(DTYPES)),
         compile=Opt(True, "include the torch.compile provider (slow to compile on a CPU)"),
         quick=Opt(False, "fewer shapes"),
-        head_dims=Opt("64,128", "attention head dims (GPT-2's heads are all 64 wide)"),
+        head_dims=Opt(HEAD_DIMS, "comma-separated attention head dims (GPT-2's are all 64 "
+                      "wide)", choices=(16, 32, 64, 128)),
     ),
     "timing": dict(
         warmup=Opt(25, "do_bench warm-up, ms", ge=0),
@@ -80,12 +91,6 @@ OPTIONS = {
 }
 DEFAULTS = defaults(OPTIONS)
 
-MODES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("flash_attention", "layer_norm", "linear_gelu", "cross_entropy",
-       "fused_linear_cross_entropy")
-COMMON_PROVIDERS = ("triton", "torch", "compile", "liger")
-ATTENTION_PROVIDERS = ("naive", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
-from gpt.hardware import DTYPES  # noqa: E402
 # float32 where it matters: the residual stream LayerNorm reads is float32 under autocast, and
 # logits are often upcast before the loss
 KERNEL_DTYPES = {
@@ -103,7 +108,6 @@ VOCAB = GPTConfig().vocab_size  # 50304: GPT-2's 50257 padded to a multiple of 6
 CONTEXT = PRESETS["gpt2"]["block_size"]  # 1024
 SEQ_LENS = tuple(CONTEXT * m for m in (1, 2, 4, 8))  # 1k .. 8k
 TOKENS = tuple(4 * CONTEXT * m for m in (1, 2, 4))  # 4k, 8k, 16k tokens per batch
-HEAD_DIMS = (64, 128)
 MLP_RATIO = 4  # c_fc is (4C, C)
 
 
@@ -435,26 +439,10 @@ def _fmt(rec, smoke):
             + (f" peak {mem / 2**20:9.1f} MiB" if mem is not None else ""))
 
 
-def _split(text, allowed, option):
-    """A comma-separated option as a tuple of names ("" or "all": every allowed name)."""
-    if text in ("", "all"):
-        return tuple(allowed)
-    items = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise UsageError(f"--{option}={text!r}: unknown {', '.join(bad) or 'empty list'}; "
-                         f"choose from {', '.join(allowed)}")
-    return items
-
-
 def run(cfg):
     smoke = cfg["smoke"]
-    ops = _split(cfg["ops"], OPS, "ops")
-    modes = _split(cfg["modes"], MODES, "modes")
-    dtypes = _split(cfg["dtypes"], tuple(DTYPES), "dtypes") if cfg["dtypes"] else ()
-    wanted = _split(cfg["providers"], COMMON_PROVIDERS + ATTENTION_PROVIDERS, "providers")
-    head_dims = tuple(int(d) for d in _split(cfg["head_dims"], ("16", "32", "64", "128"),
-                                             "head_dims"))
+    ops, modes, dtypes = cfg["ops"], cfg["modes"], cfg["dtypes"]  # tuples, checked by parse()
+    wanted, head_dims = cfg["providers"], cfg["head_dims"]
     device = common.check_can_time(smoke, "kernel benchmarks")
     if not cfg["compile"]:
         wanted = tuple(p for p in wanted if p != "compile")

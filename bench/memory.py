@@ -1,5 +1,8 @@
 """Memory of one GPT training step, exactly and without a GPU: fake tensors + PyTorch's MemTracker.
 
+One file although over 500 lines: one command's meter, its check against real CPU
+allocations and its report, a section each, sharing the step they all run.
+
     python -m bench.memory                              # gpt2, micro-batch 8, T=1024, bf16, every path
     python -m bench.memory --preset=gpt2-xl --batch_size=1
     python -m bench.memory --preset=custom --n_layer=24 --n_head=16 --n_embd=1024
@@ -61,6 +64,7 @@ from gpt.cli import Opt, UsageError, parse, run_main
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PATHS = ("triton", "torch", "nanogpt")
+PARALLEL = ("none", "ddp", "fsdp")
 from gpt.hardware import DTYPES  # noqa: E402
 GIB = 2**30
 
@@ -79,12 +83,11 @@ OPTIONS = {
         block_size=Opt(1024, "sequence length (at most the model's context)", ge=1),
         dtype=Opt("bfloat16", "autocast dtype; float32: no autocast",
                   choices=tuple(DTYPES)),
-        paths=Opt("triton,torch,nanogpt", "comma-separated paths to meter (triton, torch, "
-                  "nanogpt)"),
+        paths=Opt(PATHS, "comma-separated paths to meter, or all", choices=PATHS),
     ),
     "parallel": dict(
-        parallel=Opt("none", "comma-separated: none (one process), ddp, fsdp; per-process "
-                     "figures"),
+        parallel=Opt(("none",), "comma-separated, or all: none (one process), ddp, fsdp; "
+                     "per-process figures", choices=PARALLEL),
         world_size=Opt(8, "processes (GPUs) for ddp / fsdp", ge=1),
         activation_checkpointing=Opt("off", "recompute each block in backward",
                                      choices=("off", "on", "both")),
@@ -200,7 +203,6 @@ def _flash_sdpa():
         yield
 
 
-PARALLEL = ("none", "ddp", "fsdp")
 # the tracker's kinds of memory, grouped for the tables (FSDP splits them finer)
 GROUPS = {
     "weights": ("Parameter", "Sharded Param", "Unsharded Param", "All Gather"),
@@ -446,20 +448,9 @@ def _in(unit):
     return lambda n: f"{n / scale:.2f}"
 
 
-def _split(text, allowed, option):
-    items = [p.strip() for p in text.split(",") if p.strip()]
-    for item in items:
-        if item not in allowed:
-            raise UsageError(f"--{option}: unknown {item!r}; expected {', '.join(allowed)}")
-    if not items:
-        raise UsageError(f"--{option} is empty; expected some of {', '.join(allowed)}")
-    return items
-
-
 def run(cfg):
     """Meter every requested (path, parallel, activation checkpointing) setup."""
-    paths = _split(cfg["paths"], PATHS, "paths")
-    parallels = _split(cfg["parallel"], PARALLEL, "parallel")
+    paths, parallels = cfg["paths"], cfg["parallel"]  # tuples, checked by parse()
     acs = {"off": [False], "on": [True], "both": [False, True]}[cfg["activation_checkpointing"]]
     budget = parse_memory(cfg["gpu_memory"])
     config = build_config(cfg)
@@ -531,8 +522,7 @@ def main(argv=None):
     cfg = parse(argv, OPTIONS, prog="python -m bench.memory",
                 description="Exact memory of a GPT training step, metered on fake tensors.")
     if cfg["validate"]:
-        paths = [p.strip() for p in cfg["paths"].split(",") if p.strip()]
-        result = validate(paths)
+        result = validate(cfg["paths"])
         for row in result["rows"]:
             print(f"{row['path']:8s} {row['dtype']:9s} metered {row['metered_bytes'] / 2**20:8.3f} MiB"
                   f"  real {row['real_bytes'] / 2**20:8.3f} MiB  error {100 * row['error']:+.2f}%")

@@ -25,7 +25,7 @@ from gpt.model import PRESETS
 PROG = "python -m bench.profile"
 OPTIONS = {
     "model": dict(
-        paths=Opt("triton,torch", "comma-separated of " + ", ".join(PATHS)),
+        paths=Opt(("triton", "torch"), "comma-separated paths, or all", choices=PATHS),
         preset=Opt("gpt2", "model size (a gpt.model preset)"),
         block_size=Opt(1024, "sequence length", ge=1),
         batch_size=Opt(8, "micro-batch", ge=1),
@@ -108,10 +108,6 @@ def print_profile(rec):
 
 
 def run(cfg):
-    paths = [p.strip() for p in cfg["paths"].split(",") if p.strip()]
-    if not paths or any(p not in PATHS for p in paths):
-        raise UsageError(f"--paths must be a comma-separated list of {', '.join(PATHS)}; "
-                         f"got {cfg['paths']!r}")
     if cfg["preset"] not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {cfg['preset']!r}")
     device = common.check_can_time(cfg["smoke"], "profile")
@@ -119,7 +115,7 @@ def run(cfg):
     mcfg.update(vocab_size=512 if cfg["smoke"] else 50304,
                 block_size=32 if cfg["smoke"] else cfg["block_size"], dropout=0.0)
     records = []
-    for path in paths:
+    for path in cfg["paths"]:
         rec = profile_path(path, cfg, mcfg, device)
         print_profile(rec)
         records.append(rec)

@@ -1,5 +1,8 @@
 """A roofline model of one GPT training step: where the time goes, counted before any GPU runs.
 
+One file although over 500 lines: one cost function per op of the step (`op_*`), the
+device ceilings and the report form one model, read top to bottom.
+
     python -m bench.roofline                                  # gpt2, B=8, T=1024, bf16, H100 + H200
     python -m bench.roofline --device=A100 --batch_size=16
     python -m bench.roofline --flops=790e12 --bandwidth=4.3e12   # ceilings a GPU run measured
@@ -7,8 +10,9 @@
 
 For every op of a step (forward + backward together), on each path
 
-- ``triton``: ``GPT(kernels="triton")`` as the code on this branch runs it (our kernels, cuBLAS
-  for the plain Linears, autocast's casts around them);
+- ``triton``: ``GPT(kernels="triton")`` as the code runs it (our kernels, the fused residual
+  add + LayerNorm, the LayerNorm outputs and gelu(h) recomputed in backward as
+  ``Block.recompute`` does, cuBLAS for the plain matmuls, the casts around them);
 - ``eager``: ``GPT(kernels="torch")``, eager PyTorch with SDPA's flash attention and the
   unfused lm_head + ``F.cross_entropy`` (float32 logits under autocast);
 - ``compile``: what ``torch.compile`` (Inductor) makes of the eager path: each chain of
@@ -18,8 +22,8 @@ For every op of a step (forward + backward together), on each path
 it counts FLOPs (matmul and attention; 2 per multiply-add), the fewest bytes the op must move
 (its inputs read once, its outputs written once), the bytes the implementation actually moves
 (each kernel's reads and writes of DRAM, every operand counted at each kernel that reads it:
-no credit for L2 hits), the kernel launches, and for ``linear_gelu``'s backward the
-thread-instructions spent re-forming dh = dy * gelu'(h) in every output tile. From a device's
+no credit for L2 hits), the kernel launches, and for ``linear_gelu``'s backward pass the
+thread-instructions it spends per element on dh = dy * gelu'(h). From a device's
 ceilings (bf16 tensor-core FLOP/s, DRAM bytes/s, a fixed gap per launch, non-tensor
 instructions/s) it derives:
 
@@ -29,16 +33,18 @@ instructions/s) it derives:
 and per path the step's sum, tokens/s and the ratios between paths. These are estimates
 (+-30-50% absolute: no kernel reaches the ceilings, and overlap between kernels is ignored);
 the ratios are firmer, since every path is counted the same way. A GPU results JSON
-(``bench.train``'s "train" section, its "paths" records) puts measured step times beside the predictions.
+(``bench.train``'s "train" section, its "paths" records) puts measured step times beside the
+predictions.
 
-Each op's counts are one small function ``op_<name>(s, path) -> Op`` (below): a kernel change
-updates that function, and the tests check its FLOPs against
-``torch.utils.flop_counter.FlopCounterMode`` on fake tensors and its bytes against the
-tensors' sizes.
+Each op's counts are one small function ``op_<name>(s, path) -> Op`` (below), and an op's
+row means the same work on every path (``op_residual_ln``: everything a block does to its
+residual stream between the matmuls). A kernel change updates that function; the tests check
+its FLOPs against ``torch.utils.flop_counter.FlopCounterMode`` on fake tensors, and a block's
+bytes and launches against the kernels a real block runs (the triton path's exactly; eager's
+but for SDPA).
 """
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -47,6 +53,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpt.cli import Opt, UsageError, parse, run_main  # noqa: E402
+from gpt.hardware import GPUS  # noqa: E402
 
 PATHS = ("triton", "eager", "compile")
 GB = 1e9
@@ -67,16 +74,17 @@ class Device:
 # H100 SXM and H200 share the GH100 die, clocks and 132 SMs; only the memory differs. The
 # matmul ceiling is the one measured on an H200 (a large bf16 matmul on random data, ~790
 # TFLOP/s, issue 20); the H200's bandwidth is its measured device copy (~4.3 TB/s), the
-# H100's and A100's are datasheet figures. The non-tensor rate is 132 SMs x 128 lanes x 1.98
-# GHz (one 32-bit instruction per lane per clock). The launch gap (2 us between back-to-back
-# kernels) is an assumption, not a measurement: --launch_us changes it.
+# H100's and A100's are the datasheet figures of gpt.hardware.GPUS. The non-tensor rate is
+# 132 SMs x 128 lanes x 1.98 GHz (one 32-bit instruction per lane per clock). The launch gap
+# (2 us between back-to-back kernels) is an assumption, not a measurement: --launch_us
+# changes it.
 DEVICES = {
-    "H100": Device("H100 SXM", 790e12, 3.35e12, 2e-6, 132 * 128 * 1.98e9,
+    "H100": Device("H100 SXM", 790e12, GPUS["H100"].bandwidth, 2e-6, 132 * 128 * 1.98e9,
                    "matmul: H200 measurement (same die); bandwidth: H100 SXM datasheet"),
     "H200": Device("H200", 790e12, 4.3e12, 2e-6, 132 * 128 * 1.98e9,
                    "matmul and copy ceilings measured on an H200 (issue 20)"),
-    "A100": Device("A100 SXM 80GB", 312e12, 2.039e12, 2e-6, 108 * 64 * 1.41e9,
-                   "datasheet: 312 TFLOP/s bf16 dense, 2.039 TB/s"),
+    "A100": Device("A100 SXM 80GB", GPUS["A100"].bf16_flops, GPUS["A100"].bandwidth, 2e-6,
+                   108 * 64 * 1.41e9, "datasheet: 312 TFLOP/s bf16 dense, 2.039 TB/s"),
 }
 
 
@@ -151,48 +159,65 @@ def linear_flops(M, K, Nout):
     return 3 * 2 * M * K * Nout
 
 
-def op_linear(s, path, name, K, Nout, in_fp32=False, out_to_fp32=False):
-    """A plain nn.Linear under autocast (cuBLAS on every path): x (N, K) -> (N, Nout).
+def _linear_min_bytes(s, K, Nout):
+    """Fewest bytes of a Linear's forward + backward: x, W (float32 master), y forward;
+    dy, dx, dW (float32) backward (x and W again in backward: L2 is not that large, but the
+    minimum credits them)."""
+    N, e = s.N, s.e
+    return 2 * (N * K * e + K * Nout * 4 + N * Nout * e)
 
-    Counted: autocast's casts (weight float32 -> bf16 each forward; x when it arrives float32),
-    the forward matmul (+ bias in its epilogue), dgrad, wgrad, the bias gradient (a column
-    sum), the weight and bias gradients cast to float32 for the parameters' .grad, and the
-    incoming gradient cast from float32 when the output fed the float32 residual stream.
-    ``compile`` fuses the input cast into the producer and the output-gradient cast into
-    its consumer.
+
+def op_linear(s, path, name, K, Nout, after_norm=False):
+    """A Linear x (N, K) -> (N, Nout) in the matmul dtype, x arriving in that dtype (the
+    LayerNorm rows write it so) and the output's gradient too (the residual rows cast it).
+
+    Counted: the weight and bias cast float32 -> bf16 each forward, the forward matmul (bias
+    in cuBLAS's epilogue), dgrad, wgrad, the bias gradient (a column sum) and the weight and
+    bias gradients back to float32 for the parameters' .grad.
+    eager, and the triton path's plain ``nn.Linear`` (attn.c_proj): autocast's casts; the
+    bias gradient summed in bf16, then cast (two launches).
+    triton with ``after_norm`` (``gpt_kernels/recompute.py``'s c_attn and mlp.c_proj): the
+    same casts made by hand, the bias gradient summed straight into float32 (one launch).
+    compile: the weight and bias casts one kernel, the bias gradient and its cast one.
     """
     N, e = s.N, s.e
     c = _Count()
-    fused = path == "compile"
-    c.k("cast W", K * Nout * 4, K * Nout * e)
-    if in_fp32 and not fused:
-        c.k("cast x", N * K * 4, N * K * e)
-    _mm(c, "fwd", N, K, Nout, e)
-    if out_to_fp32 and not fused:
-        c.k("cast dy", N * Nout * 4, N * Nout * e)
+    if path == "compile":
+        c.k("cast W, b", (K + 1) * Nout * 4 if s.bias else K * Nout * 4,
+            (K + 1) * Nout * e if s.bias else K * Nout * e)
+    else:
+        c.k("cast W", K * Nout * 4, K * Nout * e)
+        if s.bias:
+            c.k("cast b", Nout * 4, Nout * e)
+    c.k("fwd (+bias)", N * K * e + K * Nout * e + (Nout * e if s.bias else 0), N * Nout * e)
     _mm(c, "dgrad", N, Nout, K, e)
     _mm(c, "wgrad", Nout, N, K, e)
-    if s.bias:
-        c.k("dbias", N * Nout * e, Nout * 4)
     c.k("dW to float32", K * Nout * e, K * Nout * 4)
-    minimum = N * K * e + K * Nout * 4 + N * Nout * e  # fwd: x, W, y
-    minimum += N * Nout * e + N * K * e + K * Nout * 4  # bwd: dy, dx, dW (x, W again: L2)
-    return Op(name, linear_flops(N, K, Nout), minimum, c.bytes, c.launches, count=s.L)
+    if s.bias:
+        if path == "eager" or (path == "triton" and not after_norm):
+            c.k("dbias", N * Nout * e, Nout * e)
+            c.k("db to float32", Nout * e, Nout * 4)
+        else:
+            c.k("dbias (float32)", N * Nout * e, Nout * 4)
+    return Op(name, linear_flops(N, K, Nout), _linear_min_bytes(s, K, Nout), c.bytes,
+              c.launches, count=s.L)
 
 
 def op_qkv(s, path):
-    """c_attn: ln_1's output (N, C) -> q, k, v (N, 3C)."""
-    return op_linear(s, path, "c_attn (qkv)", s.C, 3 * s.C, in_fp32=path != "compile")
+    """c_attn: ln_1's output (N, C) -> q, k, v (N, 3C); on the triton path
+    ``linear_after_norm`` (its input y is recomputed for dW: the residual + LayerNorm row)."""
+    return op_linear(s, path, "c_attn (qkv)", s.C, 3 * s.C, after_norm=True)
 
 
 def op_attn_proj(s, path):
-    """attn.c_proj: (N, C) -> (N, C), its output added to the float32 residual stream."""
-    return op_linear(s, path, "attn.c_proj", s.C, s.C, out_to_fp32=True)
+    """attn.c_proj: (N, C) -> (N, C), an ``nn.Linear`` under autocast on every path."""
+    return op_linear(s, path, "attn.c_proj", s.C, s.C)
 
 
 def op_mlp_proj(s, path):
-    """mlp.c_proj: (N, 4C) -> (N, C), its output added to the float32 residual stream."""
-    return op_linear(s, path, "mlp.c_proj", 4 * s.C, s.C, out_to_fp32=True)
+    """mlp.c_proj: gelu(h) (N, 4C) -> (N, C); on the triton path inside ``mlp_after_norm``
+    (its input gelu(h) is stored again by linear+GELU's backward pass: the c_fc + GELU row)."""
+    return op_linear(s, path, "mlp.c_proj", 4 * s.C, s.C, after_norm=True)
 
 
 def attention_flops(s, backward_matmuls):
@@ -204,7 +229,7 @@ def attention_flops(s, backward_matmuls):
 
 
 def op_attention(s, path):
-    """Causal attention over (B, H, T, D) q, k, v.
+    """Causal attention over (B, H, T, D) q, k, v: strided views of c_attn's (N, 3C) output.
 
     triton: our flash attention; forward reads q, k, v and writes o and a float32 lse;
     backward runs a preprocess (delta = rowsum(o * do)), a dK/dV kernel (recomputes QK^T and
@@ -214,6 +239,8 @@ def op_attention(s, path):
     eager / compile: SDPA's flash kernel (FlashAttention-2): 5 backward matmuls, dq summed
     in a float32 buffer (written, read, converted), and the model's
     ``y.transpose(1, 2).contiguous()`` is one copy each way (compile fuses it away).
+    Every path: dq, dk, dv are three tensors, and the backward of ``qkv.split`` concatenates
+    them into c_attn's (N, 3C) gradient (one copy kernel).
     """
     N, C, e, H, T, B = s.N, s.C, s.e, s.H, s.T, s.B
     act = N * C * e  # one of q, k, v, o, do, dq, dk, dv
@@ -232,95 +259,193 @@ def op_attention(s, path):
         if path == "eager":
             c.k("y contiguous", act, act)
         flops = attention_flops(s, 5)
+    c.k("split backward (cat dq, dk, dv)", 3 * act, 3 * act)
     minimum = 3 * act + act + lse + (4 * act + lse) + 3 * act
     return Op("attention", flops, minimum, c.bytes, c.launches, count=s.L)
 
 
-def op_layer_norm(s, path, name="ln_1 / ln_2", count=None):
-    """LayerNorm over the float32 residual stream, feeding a bf16 matmul.
+# at most this many programs share the rows of the Triton LayerNorm backward: 2 per SM of an
+# H100 or H200 (132 SMs); the interpreter takes 4 (gpt_kernels/layer_norm.py)
+LN_BWD_PROGRAMS = 2 * 132
 
-    triton (layer_norm.py on this branch): forward writes y in x's dtype (float32) and the
-    float32 mean / rstd; autocast then casts y to bf16 (in op_qkv / op_linear_gelu's "cast
-    x"). Backward: one kernel writes dx and per-program float32 partial sums of dweight /
-    dbias, a second small launch reduces them; the incoming gradient is cast bf16 -> float32
-    first (autocast's cast in reverse).
-    eager: the same forward; PyTorch's backward reads dy and x twice (dx, then dgamma/dbeta).
-    compile: forward fused with the cast (reads float32 x, writes bf16 y); backward one dx
-    kernel plus one dgamma/dbeta reduction.
+
+def ln_bwd_programs(s):
+    """G, the programs of the Triton LayerNorm backward (and the rows of its (G, C) float32
+    partial sums): gpt_kernels/layer_norm.py's rule, at most LN_BWD_PROGRAMS programs, each
+    over whole tiles of BLOCK_M rows."""
+    def cdiv(a, b):
+        return -(-a // b)
+
+    block_c = 1 << max(0, (s.C - 1).bit_length())  # next power of 2
+    block_m = max(1, min(16, 2048 // block_c))
+    programs = max(1, min(cdiv(s.N, block_m), LN_BWD_PROGRAMS))
+    rows_per_program = cdiv(cdiv(s.N, programs), block_m) * block_m
+    return cdiv(s.N, rows_per_program)
+
+
+def op_residual_ln(s, path):
+    """The residual stream's work in a block, everything between the matmuls: ln_1, the
+    attention branch's residual add, ln_2, the MLP branch's residual add, and their
+    backward: the LayerNorms' outputs in the matmul dtype (the cast included), the branches'
+    gradients in the matmul dtype, the stream's gradient summed where the stream forks.
+    Float32 stream and statistics, bf16 branches and LayerNorm outputs.
+
+    triton (``Block.forward`` with ``recompute``): ln_1 is ``add_layer_norm`` without a
+    branch (reads x, writes y in bf16); the attention branch's add and ln_2 are one
+    ``add_layer_norm`` kernel (reads x and the branch, writes s and y); the MLP branch's
+    add is PyTorch's (float32 + bf16). Backward: the MLP branch's gradient cast to bf16
+    (autograd's cast for a bf16 input); ln_2's backward reads dy, the stream's ds and s,
+    writes dx and the branch's bf16 gradient (then a small launch reduces the dweight /
+    dbias partial sums); ln_1's likewise without ds; the stream's two gradients at the
+    block's input summed. ``recompute.py`` runs each LayerNorm's forward again in backward
+    (reads s, writes y and the statistics) instead of keeping y for c_attn's and c_fc's dW.
+    eager (``gpt_kernels.reference.add_layer_norm``): ln_1: F.layer_norm (float32 out),
+    then a cast to bf16; the add casts the branch to float32 first, then adds; ln_2 as ln_1;
+    the MLP add in one kernel. Backward: each LayerNorm's dy cast bf16 -> float32, PyTorch's
+    dx kernel and dgamma/dbeta kernel (each reads dy and x), the two gradients of s summed,
+    the attention branch's gradient cast to bf16, the MLP branch's too, the block input's
+    two gradients summed.
+    compile: each add fused into the LayerNorm that follows it (the MLP branch's into the
+    next block's ln_1 or ln_f: counted here as its bytes, no launch), casts fused in;
+    backward one dx kernel per LayerNorm (the stream's gradient sum and the branch's bf16
+    cast fused in) and one dgamma/dbeta reduction.
     """
     N, C, e = s.N, s.C, s.e
+    E = N * C
+    stats = 2 * N * 4  # mean, rstd
+    P = (2 if s.bias else 1) * C * 4  # LayerNorm weight and bias, float32
+    c = _Count()
+    if path == "triton":
+        parts = (2 if s.bias else 1) * ln_bwd_programs(s) * C * 4  # (G, C) float32 partials
+        c.k("ln_1 (y in bf16)", E * 4 + P, E * e + stats)
+        c.k("add + ln_2 (s, y in bf16)", E * (4 + e) + P, E * (4 + e) + stats)
+        c.k("add (MLP branch)", E * (4 + e), E * 4)
+        c.k("MLP branch grad to bf16", E * 4, E * e)
+        for ln in ("ln_2", "ln_1"):
+            c.k(f"recompute {ln}'s y", E * 4 + P, E * e + stats)
+            if ln == "ln_2":
+                c.k("ln_2 bwd: dx + ds, dbranch, partials", E * (e + 4 + 4) + stats + C * 4,
+                    E * (4 + e) + parts)
+            else:
+                c.k("ln_1 bwd: dx, partials", E * (e + 4) + stats + C * 4, E * 4 + parts)
+            c.k(f"{ln} reduce partials", parts, P)
+        c.k("stream grad sum", E * 8, E * 4)
+    elif path == "eager":
+        for ln in ("ln_1", "ln_2"):
+            if ln == "ln_2":
+                c.k("branch to float32", E * e, E * 4)
+                c.k("add", E * 8, E * 4)
+            c.k(f"{ln} fwd", E * 4 + P, E * 4 + stats)
+            c.k(f"{ln} y to bf16", E * 4, E * e)
+        c.k("add (MLP branch)", E * (4 + e), E * 4)
+        c.k("MLP branch grad to bf16", E * 4, E * e)
+        for ln in ("ln_2", "ln_1"):
+            c.k(f"{ln} dy to float32", E * e, E * 4)
+            c.k(f"{ln} bwd dx", E * 8 + stats + C * 4, E * 4)
+            c.k(f"{ln} bwd dw db", E * 8 + stats, P)
+            c.k("stream grad sum", E * 8, E * 4)
+            if ln == "ln_2":
+                c.k("attention branch grad to bf16", E * 4, E * e)
+    else:
+        c.k("ln_1 (+cast)", E * 4 + P, E * e + stats)
+        c.k("add + ln_2 (+cast)", E * (4 + e) + P, E * (4 + e) + stats)
+        c.k("add (MLP branch), into the next LayerNorm", E * e, E * 4, launches=0)
+        for ln in ("ln_2", "ln_1"):  # each: dy, x, the stream's grad in; dx, dbranch out
+            c.k(f"{ln} bwd dx (+grad sum, branch cast)", E * (e + 4 + 4) + stats + C * 4,
+                E * (4 + e))
+            c.k(f"{ln} bwd dw db", E * (e + 4) + stats, P)
+    # fewest bytes: forward x, two branches in; y, s, y, the block's output out; backward
+    # the output's grad, dy of both LayerNorms, saved x and s in; dx, two branch grads out
+    minimum = E * (4 + 2 * e) + E * (2 * e + 8) + E * (4 + 2 * e + 8) + E * (4 + 2 * e)
+    minimum += 4 * stats
+    return Op("residual + ln_1 / ln_2", 0.0, minimum, c.bytes, c.launches, count=s.L)
+
+
+def op_ln_f(s, path):
+    """ln_f: LayerNorm of the float32 stream before the loss head.
+
+    triton (``layer_norm``): y in float32 (the fused loss casts it, in op_loss); backward
+    reads the loss's float32 gradient and x, writes dx and the partial sums, then reduces
+    them. eager: the same forward; the lm_head's bf16 gradient cast to float32 (autocast's
+    cast in reverse); PyTorch's dx and dgamma/dbeta kernels. compile: forward with the cast
+    (bf16 y); one dx kernel, one dgamma/dbeta reduction. (The last block's MLP add fused in
+    on the compile path is counted in that block's row.)
+    """
+    N, C, e = s.N, s.C, s.e
+    E = N * C
     stats = 2 * N * 4
+    P = (2 if s.bias else 1) * C * 4
     c = _Count()
     if path == "compile":
-        c.k("fwd (+cast)", N * C * 4, N * C * e + stats)
-        c.k("bwd dx", N * C * (e + 4) + stats, N * C * 4)
-        c.k("bwd dw db", N * C * (e + 4) + stats, 2 * C * 4)
+        c.k("fwd (+cast)", E * 4 + P, E * e + stats)
+        c.k("bwd dx", E * (e + 4) + stats + C * 4, E * 4)
+        c.k("bwd dw db", E * (e + 4) + stats, P)
+    elif path == "triton":
+        parts = (2 if s.bias else 1) * ln_bwd_programs(s) * C * 4
+        c.k("fwd", E * 4 + P, E * 4 + stats)
+        c.k("bwd dx, partials", E * 8 + stats + C * 4, E * 4 + parts)
+        c.k("reduce partials", parts, P)
     else:
-        c.k("fwd", N * C * 4, N * C * 4 + stats)
-        c.k("cast dy", N * C * e, N * C * 4)
-        if path == "triton":
-            parts = 2 * 4 * C * min(N, 1024)  # (G, C) float32 dweight / dbias partial sums
-            c.k("bwd dx + partials", N * C * 8 + stats, N * C * 4 + parts)
-            c.k("reduce partials", parts, 2 * C * 4)
-        else:
-            c.k("bwd dx", N * C * 8 + stats, N * C * 4)
-            c.k("bwd dw db", N * C * 8 + stats, 2 * C * 4)
-    minimum = N * C * 4 + N * C * e + stats + N * C * (e + 4) + N * C * 4
-    return Op(name, 0.0, minimum, c.bytes, c.launches, count=2 * s.L if count is None else count)
+        c.k("fwd", E * 4 + P, E * 4 + stats)
+        c.k("dy to float32", E * e, E * 4)
+        c.k("bwd dx", E * 8 + stats + C * 4, E * 4)
+        c.k("bwd dw db", E * 8 + stats, P)
+    minimum = E * 4 + E * e + stats + E * (e + 4) + stats + E * 4
+    return Op("ln_f", 0.0, minimum, c.bytes, c.launches)
 
 
-def op_residual(s, path):
-    """The two residual adds of a block, x + branch (float32 stream + bf16 branch output),
-    and in backward the sum of the two gradients reaching each block input. compile fuses
-    both into the neighbouring LayerNorm kernels (no launch, no extra bytes)."""
-    N, C, e = s.N, s.C, s.e
-    c = _Count()
-    if path != "compile":
-        for _ in range(2):  # after attention, after the MLP
-            c.k("fwd add", N * C * (4 + e), N * C * 4)
-            c.k("bwd grad sum", N * C * 8, N * C * 4)
-    return Op("residual adds", 0.0, 0.0, c.bytes, c.launches, count=s.L)
+# thread-instructions per element of linear+GELU's backward pass (dh = dy * gelu'(h), and
+# gelu(h) stored again): the compiled kernel's 304 SASS instructions per thread for 8
+# elements (sm_80 and sm_90, bf16; loads, conversions, stores included), as
+# gpt_kernels/linear_gelu.py quotes from the compile report
+GELU_BWD_INSTR = 304 / 8
 
 
-# thread-instructions per element of dh = dy * gelu'(h) (tanh form: loads' address math,
-# converts, the cubic, exp for tanh, a reciprocal, ~6 FMAs): the issue's review count
-GELU_GRAD_INSTR = 12
+def op_linear_gelu(s, path):
+    """c_fc + tanh GELU: y (N, C) in the matmul dtype -> gelu(h) (N, 4C).
 
-
-def op_linear_gelu(s, path, block_k=64):
-    """c_fc + tanh GELU: x (N, C) -> h, y (N, 4C).
-
-    triton (linear_gelu.py on this branch): x cast to bf16 by autocast; one forward kernel
-    (matmul, bias and GELU in its epilogue, stores y and the pre-activation h); backward a
-    dx kernel and a dW(+dbias) kernel, each re-forming dh = dy * gelu'(h) from dy and h in
-    the prologue of every output tile: C / BLOCK_K times over the (N, 4C) elements in each
-    kernel (the ``alu`` term); dW leaves the kernel in bf16 and is cast to float32.
-    eager: cuBLAS matmul (bias in the epilogue), F.gelu as a separate kernel (reads h,
-    writes y, saves h); backward: gelu backward (reads dy, h, writes dh), then dgrad, wgrad,
-    dbias. compile: the same kernels (Inductor keeps the cuBLAS matmuls; GELU and its
-    backward are already one pointwise kernel each), the input cast fused into LayerNorm.
+    triton (``mlp_after_norm``): W and b cast by hand; one forward kernel (matmul, bias and
+    GELU in its epilogue) stores gelu(h) and the pre-activation h; only h is kept. Backward:
+    one pointwise pass (``gpt::gelu_bwd``) reads dy (from mlp.c_proj's dgrad) and h, writes
+    dh = dy * gelu'(h) and gelu(h) again (mlp.c_proj's dW reads it), GELU_BWD_INSTR
+    instructions per element (the ``alu`` term); then ``gpt::linear_bwd``: a dx kernel and
+    a dW + dbias kernel (both bf16, cast to float32 after). The input y it reads for dW is
+    recomputed in the residual + LayerNorm row.
+    eager (``gpt_kernels.reference.linear_gelu``): the weight and bias cast, a cuBLAS matmul
+    (bias in the epilogue), F.gelu as a separate kernel (reads h, writes gelu(h), h kept);
+    backward: gelu backward (reads dy, h, writes dh), dgrad, wgrad, dbias (bf16), the
+    gradients cast to float32. compile: the same kernels (Inductor keeps the cuBLAS
+    matmuls; GELU and its backward are one pointwise kernel each), casts paired.
     """
     N, C, e = s.N, s.C, s.e
     F = 4 * C
+    Fb = F if s.bias else 0  # bias elements
     c = _Count()
     alu = 0.0
-    c.k("cast W", C * F * 4, C * F * e)
-    if path != "compile":
-        c.k("cast x", N * C * 4, N * C * e)
-    if path == "triton":
-        c.k("fwd (+bias, gelu, store h)", N * C * e + C * F * e, 2 * N * F * e)
-        c.k("bwd dx (dh in prologue)", 2 * N * F * e + C * F * e, N * C * e)
-        c.k("bwd dW db (dh in prologue)", 2 * N * F * e + N * C * e, C * F * e + F * 4)
-        alu = 2 * (math.ceil(C / block_k)) * N * F * GELU_GRAD_INSTR
+    if path == "compile":
+        c.k("cast W, b", (C * F + Fb) * 4, (C * F + Fb) * e)
     else:
-        _mm(c, "fwd", N, C, F, e)
+        c.k("cast W", C * F * 4, C * F * e)
+        if s.bias:
+            c.k("cast b", F * 4, F * e)
+    if path == "triton":
+        c.k("fwd (+bias, gelu; stores gelu(h), h)", N * C * e + C * F * e + Fb * e,
+            2 * N * F * e)
+        c.k("gelu bwd: dh, gelu(h) again", 2 * N * F * e, 2 * N * F * e)
+        c.k("bwd dx", N * F * e + C * F * e, N * C * e)
+        c.k("bwd dW, db", N * F * e + N * C * e, C * F * e + Fb * e)
+        alu = N * F * GELU_BWD_INSTR
+    else:
+        c.k("fwd (+bias)", N * C * e + C * F * e + Fb * e, N * F * e)
         c.k("gelu", N * F * e, N * F * e)
         c.k("gelu backward", 2 * N * F * e, N * F * e)
         _mm(c, "dgrad", N, F, C, e)
         _mm(c, "wgrad", F, N, C, e)
         if s.bias:
-            c.k("dbias", N * F * e, F * 4)
+            c.k("dbias", N * F * e, F * (e if path == "eager" else 4))  # compile: + cast
     c.k("dW to float32", C * F * e, C * F * 4)
+    if s.bias and path != "compile":
+        c.k("db to float32", F * e, F * 4)
     minimum = N * C * e + C * F * 4 + 2 * N * F * e + N * F * e + N * C * e + C * F * 4
     return Op("c_fc + GELU", linear_flops(N, C, F), minimum, c.bytes, c.launches, alu=alu,
               count=s.L)
@@ -478,17 +603,28 @@ def op_optimizer(s, path):
     return Op("AdamW (fused)", 0.0, 7 * P * 4, 7 * P * 4, 4 * (4 * s.L + 4) // 8 + 2)
 
 
-OPS = (op_embedding, op_layer_norm, op_qkv, op_attention, op_attn_proj, op_residual,
-       op_linear_gelu, op_mlp_proj, op_loss, op_optimizer)
+def op_grad_clip(s, path):
+    """``clip_grad_norm_(parameters, 1.0)`` as bench.train and train.py run it (all paths):
+    ``_foreach_norm`` reads every float32 gradient, a few small launches combine the norms
+    into the clip factor, ``_foreach_mul_`` reads and writes every gradient. Each foreach
+    call is multi_tensor_apply's launches of at most 320 blocks of 65536 elements (one more
+    where a launch boundary splits a tensor: 7 at GPT-2, as the H200 profile counted), the
+    norm one more to combine its blocks' partials; the small launches: stack, norm, add,
+    divide, clamp."""
+    P = s.params
+    per_call = -(-P // (320 * 65536)) + 1
+    return Op("grad clip", 0.0, 3 * P * 4, 3 * P * 4, 2 * per_call + 1 + 5)
+
+
+OPS = (op_embedding, op_residual_ln, op_qkv, op_attention, op_attn_proj, op_linear_gelu,
+       op_mlp_proj, op_ln_f, op_loss, op_grad_clip, op_optimizer)
 
 
 def step_ops(s, path):
-    """The step's ops on ``path``, each with its count per step (ln_f is one LayerNorm)."""
+    """The step's ops on ``path``, each with its count per step (a block's ops: L)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    ops = [f(s, path) for f in OPS]
-    ops.insert(2, op_layer_norm(s, path, name="ln_f", count=1))
-    return ops
+    return [f(s, path) for f in OPS]
 
 
 def step_summary(s, path, d):
@@ -565,8 +701,25 @@ def report(s, devices, results=None):
                 m = measured.get(path)
                 row += f" {m:.1f} |" if m is not None else " - |"
             lines.append(row)
-        lines.append("")
+        lines += ["", *_compare_ops(summary, d), ""]
     return "\n".join(lines), summary
+
+
+def _compare_ops(summary, d):
+    """Per op, the predicted ms and GB moved on each path side by side, and the triton path's
+    difference from the others (the rows mean the same work on every path)."""
+    ops = {p: summary[(d.name, p)]["ops"] for p in PATHS}
+    lines = ["| op | triton ms | eager ms | compile ms | triton - eager ms | triton - compile ms "
+             "| GB moved (triton / eager / compile) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rows in zip(*(ops[p] for p in PATHS)):
+        if len({r["op"] for r in rows}) != 1:
+            raise ValueError(f"ops differ across paths: {[r['op'] for r in rows]}")
+        t, e, c = (r["predicted"] * 1e3 for r in rows)
+        gb = " / ".join(f"{r['bytes'] / GB:.2f}" for r in rows)
+        lines.append(f"| {rows[0]['op']} | {t:.2f} | {e:.2f} | {c:.2f} | {t - e:+.2f} | "
+                     f"{t - c:+.2f} | {gb} |")
+    return lines
 
 
 PROG = "python -m bench.roofline"
@@ -580,7 +733,7 @@ OPTIONS = {
                  "(128-row chunks, a (V, C) temporary per chunk)", choices=("now", "before")),
     ),
     "device": dict(
-        device=Opt("H100,H200", "comma-separated: H100, H200, A100"),
+        device=Opt(("H100", "H200"), "comma-separated devices, or all", choices=tuple(DEVICES)),
         flops=Opt(0.0, "override: bf16 matmul FLOP/s (e.g. a GPU run's measured 790e12)", ge=0),
         bandwidth=Opt(0.0, "override: DRAM bytes/s (e.g. a measured copy, 4.3e12)", ge=0),
         launch_us=Opt(2.0, "gap each kernel launch adds, microseconds", ge=0),
@@ -601,13 +754,8 @@ def main(argv=None):
     p = PRESETS[cfg["preset"]]
     s = Shape(B=cfg["batch_size"], T=cfg["block_size"], C=p["n_embd"], H=p["n_head"],
               L=p["n_layer"], V=cfg["vocab_size"], flce=cfg["flce"])
-    names = [n.strip() for n in cfg["device"].split(",") if n.strip()]
-    bad = [n for n in names if n not in DEVICES]
-    if bad or not names:
-        raise UsageError(f"--device={cfg['device']}: expected a comma-separated list of "
-                         f"{', '.join(DEVICES)}")
     devices = []
-    for n in names:
+    for n in cfg["device"]:
         d = replace(DEVICES[n], launch_s=cfg["launch_us"] * 1e-6)
         if cfg["flops"]:
             d = replace(d, flops=cfg["flops"], source=d.source + "; FLOP/s from --flops")

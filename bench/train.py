@@ -23,14 +23,14 @@ with the padded vocabulary of 50304 and T=1024, no dropout. A step is what ``tra
 After ``--warmup`` steps, ``--steps`` steps are timed one by one (synchronised); reported
 are the median step time, tokens/sec, MFU (``GPT.flops_per_token`` x tokens/sec over the
 bf16 matmul TFLOP/s measured on this machine, and over the datasheet peak when
-``train.PEAK_BF16_FLOPS`` knows the GPU) and the peak memory of the timed steps
+``gpt.trainer.PEAK_BF16_FLOPS`` knows the GPU) and the peak memory of the timed steps
 (``max_memory_allocated``: weights, gradients, optimizer state and activations). Then the
 largest micro-batch that fits: doubling, then bisection, catching
 ``torch.cuda.OutOfMemoryError`` (two steps per trial, so the optimizer state is counted).
 
 Time to quality (``--time_to_quality=True``, minutes per path on a GPU): nanoGPT's
 Shakespeare character recipe (``config/train_shakespeare_char.py``: 6 layers, 384 wide,
-6 heads, T=256, batch 64, dropout 0.2, 5000 iterations) run through ``train.train()`` on
+6 heads, T=256, batch 64, dropout 0.2, 5000 iterations) run through ``gpt.trainer.train()`` on
 Tiny Shakespeare (``--data=``, a path or a name ``train.py`` knows), once per path. A thread
 timestamps each line of the run's ``metrics.jsonl`` as it appears; the result is the seconds
 until the first evaluation with val loss <= ``--target_loss`` (1.47; nanoGPT reports 1.4697
@@ -53,10 +53,12 @@ from pathlib import Path
 
 import torch
 
-import train as train_script
 from bench import common
+from gpt import trainer
 from gpt.cli import Opt, UsageError, defaults, parse, run_main
 from gpt.model import PRESETS, GPT, GPTConfig
+from gpt.run_setup import peak_flops
+from gpt.train_config import DATASETS
 
 PROG = "python -m bench.train"
 OPTIONS = {
@@ -158,8 +160,8 @@ class Bench:
         return x, y
 
     def step(self, x, y):
-        loss = train_script.forward_backward(self.model, lambda: (x, y), 1, self.autocast,
-                                             self.scaler, False)
+        loss = trainer.forward_backward(self.model, lambda: (x, y), 1, self.autocast,
+                                        self.scaler, False)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 1.0)
         self.scaler.step(self.optimizer)
@@ -212,7 +214,7 @@ def bench_path(path, cfg, mcfg, device, smoke, peak_tflops):
     step_s = common.median(times)
     tokens_per_sec = B * T / step_s
     flops = bench.raw.flops_per_token(T) * tokens_per_sec
-    datasheet = train_script.peak_flops("cuda", "bfloat16") if device.startswith("cuda") else None
+    datasheet = peak_flops("cuda", "bfloat16") if device.startswith("cuda") else None
     rec.update(
         skipped=False, batch_size=B, block_size=T, tokens_per_step=B * T,
         steps=cfg["steps"], warmup=cfg["warmup"], last_loss=float(loss.detach()),
@@ -285,12 +287,12 @@ def time_to_quality(path, cfg, device, smoke, workdir):
         args += ["--batch_size=2", "--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=32",
                  "--eval_interval=2", "--eval_iters=1", "--log_interval=1", "--warmup_iters=1",
                  "--dtype=float32"]
-    tcfg = parse(args, train_script.OPTIONS, prog="train.py")
+    tcfg = parse(args, trainer.OPTIONS, prog="train.py")
     out_dir.mkdir(parents=True, exist_ok=True)
     watcher = MetricsWatcher(out_dir / "metrics.jsonl")
     watcher.start()
     try:
-        summary = train_script.train(tcfg)
+        summary = trainer.train(tcfg)
     finally:
         watcher.stop()
     total = time.perf_counter() - watcher.t0
@@ -322,9 +324,9 @@ def check_options(cfg):
     if cfg["preset"] not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {cfg['preset']!r}")
     data = cfg["data"]
-    if cfg["time_to_quality"] and data not in train_script.DATASETS and not Path(data).exists():
+    if cfg["time_to_quality"] and data not in DATASETS and not Path(data).exists():
         raise UsageError(f"--data={data!r} is neither a train.py dataset "
-                         f"({', '.join(train_script.DATASETS)}) nor an existing file")
+                         f"({', '.join(DATASETS)}) nor an existing file")
     return paths
 
 

@@ -143,7 +143,8 @@ def select_layers(layer, n_layer):
 
 
 def main(argv=None):
-    from gpt.sample import check_checkpoint, encode_prompt, load_checkpoint
+    from gpt.checkpoint import check_checkpoint, load_checkpoint
+    from gpt.sample import encode_prompt
 
     cfg = parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0])
     layer = layer_option(cfg["layer"])

@@ -31,7 +31,8 @@ import torch
 from gpt.cli import Opt, parse, run_main
 from gpt.errors import UsageError
 from gpt.files import write_bytes
-from gpt.tokenizer import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, get_tokenizer, load_tokenizer
+from gpt.tokenizer import (DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, default_cache_dir, get_tokenizer,
+                           load_tokenizer)
 
 DEFAULT_SOURCE = "shakespeare"
 SOURCES = ("shakespeare", "tinyshakespeare")
@@ -39,10 +40,6 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 SPLITS = ("train", "val")
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPT_CACHE_DIR") or Path.home() / ".cache" / "gpt-triton")
 
 
 # ----------------------------------------------------------------------------------------

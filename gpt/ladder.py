@@ -85,7 +85,8 @@ OPTIONS = {
     ),
     "ladder": dict(
         preset=Opt("cpu", "sizes and steps", choices=tuple(PRESETS)),
-        rungs=Opt(",".join(RUNGS), "comma-separated rungs to train, in ladder order"),
+        rungs=Opt(RUNGS, "comma-separated rungs to train (in ladder order whatever the order "
+                  "given), or all", choices=RUNGS),
         max_iters=Opt(0, "training steps of every rung; 0: the preset's", ge=0),
         eval_iters=Opt(0, "val/train batches per evaluation; 0: the preset's", ge=0),
         causal=Opt(True, "causal attention; False lets every position see the future"),
@@ -388,18 +389,9 @@ def plot(records, path, vocab_size):
     plt.close(fig)
 
 
-def parse_rungs(text):
-    rungs = [r.strip() for r in text.split(",") if r.strip()]
-    bad = [r for r in rungs if r not in RUNGS]
-    if bad or not rungs:
-        raise UsageError(f"--rungs={text!r}: expected a comma-separated subset of "
-                         f"{','.join(RUNGS)}")
-    return sorted(set(rungs), key=RUNGS.index)
-
-
 def run(cfg, log=print):
     """Train the chosen rungs one after another; write ladder.json/.md/.png; return records."""
-    rungs = parse_rungs(cfg["rungs"])
+    rungs = sorted(set(cfg["rungs"]), key=RUNGS.index)
     device = resolve_device(cfg["device"])
     if cfg["kernels"] == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise UsageError("--kernels=triton needs a CUDA device, or TRITON_INTERPRET=1 on a CPU")

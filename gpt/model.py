@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import gpt_kernels
-from gpt import flops
+from gpt import flops, hf_checkpoint
 
 # ignored target id in `GPT.forward` (nanoGPT's convention; F.cross_entropy's default is -100)
 IGNORE_INDEX = -1
@@ -285,15 +285,12 @@ class GPT(nn.Module):
         "gpt2-large", "gpt2-xl"). overrides: kernels, dropout, block_size (to shrink the
         context). GPT-2's tokenizer is attached as `model.tokenizer` (from tiktoken, or the
         ranks file at ranks_path; None with a warning when neither can be had offline)."""
-        from gpt.pretrained import from_pretrained
-
-        return from_pretrained(name_or_dir, ranks_path=ranks_path, **overrides)
+        return hf_checkpoint.from_pretrained(cls, GPTConfig, name_or_dir, ranks_path=ranks_path,
+                                             **overrides)
 
     def save_pretrained(self, folder):
         """Export as a Hugging Face GPT-2 checkpoint that transformers.GPT2LMHeadModel loads."""
-        from gpt.pretrained import save_pretrained
-
-        return save_pretrained(self, folder)
+        return hf_checkpoint.save_pretrained(self, folder)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. to fine-tune GPT-2's 1024 at 256): fewer position embeddings."""

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from gpt.checkpoint import find, load_for_inference
+# load_checkpoint is also imported from here by code written before it moved (gpt/scaling.py)
+from gpt.checkpoint import check_checkpoint, load_checkpoint  # noqa: F401
 from gpt.cli import Opt, UsageError, check, defaults, parse, resolve_device, run_main
-from gpt.model import GPT, GPTConfig
-from gpt.tokenizer import load_tokenizer
 
 PROG = "python -m gpt.sample"
 OPTIONS = {
@@ -50,23 +49,6 @@ OPTIONS = {
     ),
 }
 DEFAULTS = defaults(OPTIONS)
-
-
-def load_checkpoint(out_dir, device="cpu", **overrides):
-    """Return (model in eval mode, tokenizer) from train.py's out_dir (ckpt.pt, or the sharded
-    ckpt/ folder of an FSDP run)."""
-    model, _, _ = load_for_inference(out_dir, device, **overrides)
-    return model, load_tokenizer(Path(out_dir) / "tokenizer.json")
-
-
-def check_checkpoint(out_dir):
-    """UsageError unless out_dir holds what train.py writes (ckpt.pt, or the sharded ckpt/
-    folder of an FSDP run, and tokenizer.json)."""
-    train_first = f"(train first: python train.py --out_dir={out_dir})"
-    if find(out_dir) is None:
-        raise UsageError(f"--out_dir={out_dir}: no ckpt.pt (or sharded ckpt/) there {train_first}")
-    if not (Path(out_dir) / "tokenizer.json").is_file():
-        raise UsageError(f"--out_dir={out_dir}: no tokenizer.json there {train_first}")
 
 
 def read_prompt(start):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from gpt.cli import Opt, UsageError, _convert, check_value, parse, resolve_device, run_main
+from gpt.cli import Opt, UsageError, convert, parse, resolve_device, run_main
 from gpt.files import write_text
+from gpt import checkpoint as gckpt
 from gpt import sample as gsample
 
 PROG = "python -m gpt.sample_table"
@@ -54,8 +55,7 @@ def parse_settings(text):
             if not sep or name not in DECODING:
                 raise UsageError(f"--settings: {item.strip()!r} is not name=value with a name "
                                  f"among {', '.join(DECODING)}")
-            values[name] = _convert(name, value, DECODING[name].default)
-            check_value(name, values[name], DECODING[name])
+            values[name] = convert(name, value, DECODING[name])  # typed and checked as --name
         label = "`" + " ".join(f"--{k}={v}" for k, v in values.items()) + "`"
         rows.append((label, values))
     if not rows:
@@ -72,9 +72,9 @@ def sample_table(cfg):
     """The markdown table (| setting | output |) of cfg's prompt under each setting."""
     rows = parse_settings(cfg["settings"])
     device = resolve_device(cfg["device"])
-    gsample.check_checkpoint(cfg["out_dir"])
+    gckpt.check_checkpoint(cfg["out_dir"])
     prompt = gsample.read_prompt(cfg["start"])
-    model, tokenizer = gsample.load_checkpoint(cfg["out_dir"], device)
+    model, tokenizer = gckpt.load_checkpoint(cfg["out_dir"], device)
     x = torch.tensor([gsample.encode_prompt(tokenizer, prompt, model.config.block_size)],
                      dtype=torch.long, device=device)
     lines = ["| setting | output |", "| --- | --- |"]

@@ -1,5 +1,8 @@
 """Tokenizers: characters, a byte-level BPE trained here, and GPT-2's BPE.
 
+One file although over 500 lines: the three kinds share the special-token and tiktoken
+helpers, and `get_tokenizer` / `load_tokenizer` build every kind; each kind is one section.
+
 Every tokenizer has the same small interface:
 
     tok.name, tok.vocab_size, tok.eot_token (int or None)
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -41,7 +45,7 @@ import tiktoken
 import tiktoken.load  # not imported by `import tiktoken`
 
 from gpt.errors import UsageError
-from gpt.files import write_bytes, write_text
+from gpt.files import write_bytes, write_json
 
 SPECIAL_TOKENS = ("<PAD>", "<BOS>", "<EOS>", "<UNK>")
 GPT2_EOT = "<|endoftext|>"
@@ -67,11 +71,6 @@ def _as_id_list(ids) -> list[int]:
             raise ValueError(f"decode expects a 1-D sequence of ids, got shape {tuple(ids.shape)}")
         return ids.astype(np.int64).tolist()
     return [int(i) for i in ids]
-
-
-def _write_json(path, obj) -> None:
-    """Write JSON atomically (temporary file + rename), so a crash never leaves half a file."""
-    write_text(path, json.dumps(obj, ensure_ascii=False))
 
 
 # ----------------------------------------------------------------------------------------
@@ -148,7 +147,7 @@ class CharTokenizer:
         return cls(d["chars"], d.get("special_tokens", False))
 
     def save(self, path) -> None:
-        _write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), indent=None, ensure_ascii=False)
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -190,7 +189,7 @@ class _TiktokenTokenizer:
         return self.enc.decode(ids, errors="replace")
 
     def save(self, path) -> None:
-        _write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), indent=None, ensure_ascii=False)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -376,7 +375,13 @@ class BPETokenizer(_TiktokenTokenizer):
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_RANKS_PIP_SPEC = "openai-whisper==20250625"
 GPT2_RANKS_MEMBER = "whisper/assets/gpt2.tiktoken"
-GPT2_RANKS_FILE = "r50k_base.tiktoken"  # the cached copy, in gpt.data.default_cache_dir()
+GPT2_RANKS_FILE = "r50k_base.tiktoken"  # the cached copy, in default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """Where downloads are kept (GPT-2's ranks here, Tiny Shakespeare in gpt.data):
+    $GPT_CACHE_DIR, else ~/.cache/gpt-triton."""
+    return Path(os.environ.get("GPT_CACHE_DIR") or Path.home() / ".cache" / "gpt-triton")
 
 
 def _sha256(path) -> str:
@@ -430,13 +435,9 @@ def fetch_gpt2_ranks(dest) -> Path:
 
 def offline_gpt2_ranks(cache_dir=None) -> Path:
     """A local copy of GPT-2's ranks: the one cached in `cache_dir` (default
-    gpt.data.default_cache_dir()) if its sha256 is right, else one fetched with pip into it.
+    default_cache_dir()) if its sha256 is right, else one fetched with pip into it.
     Raises OSError when neither works."""
-    if cache_dir is None:
-        from gpt.data import default_cache_dir  # here: gpt.data imports this module
-
-        cache_dir = default_cache_dir()
-    path = Path(cache_dir) / GPT2_RANKS_FILE
+    path = Path(default_cache_dir() if cache_dir is None else cache_dir) / GPT2_RANKS_FILE
     if path.is_file() and _sha256(path) == GPT2_RANKS_SHA256:
         return path
     return fetch_gpt2_ranks(path)
@@ -447,7 +448,7 @@ class GPT2Tokenizer(_TiktokenTokenizer):
 
     With `ranks_path=None` this is `tiktoken.get_encoding("gpt2")`, which downloads the
     ranks once (then caches them). When tiktoken cannot download them, the copy cached in
-    `gpt.data.default_cache_dir()` is used, and when there is none, it is fetched there with
+    `default_cache_dir()` is used, and when there is none, it is fetched there with
     pip (`offline_gpt2_ranks`). Or pass the path of a `gpt2.tiktoken` / `r50k_base.tiktoken`
     ranks file.
     """

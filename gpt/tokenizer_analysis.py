@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gpt.cli import Opt, parse, run_main
+from gpt.cli import Opt, convert, parse, run_main
 from gpt.errors import UsageError
 from gpt.files import atomic_path, write_text
 from gpt.tokenizer import BPETokenizer, CharTokenizer, GPT2Tokenizer
@@ -30,7 +30,8 @@ PROG = "python -m gpt.tokenizer_analysis"
 OPTIONS = {
     "dataset": Opt("tinyshakespeare", "tinyshakespeare (downloaded once), shakespeare, a text "
                    "file or a folder of .txt files"),
-    "vocab_sizes": Opt("300,512,1024,2048,4096", "comma-separated BPE vocabulary sizes (> 257)"),
+    "vocab_sizes": Opt((300, 512, 1024, 2048, 4096), "comma-separated BPE vocabulary sizes, each "
+                       "> 257 (the 256 bytes and <|endoftext|>)", gt=257),
     "gpt2_ranks": Opt("", "GPT-2's ranks file (r50k_base.tiktoken); empty: tiktoken's, and "
                       "GPT-2 is left out if it cannot be had"),
     "n_merges_shown": Opt(12, "first and last merges listed", ge=0),
@@ -40,14 +41,9 @@ OPTIONS = {
 
 
 def parse_sizes(text):
-    try:
-        sizes = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        sizes = []
-    if not sizes or sizes[0] <= 257:
-        raise UsageError(f"--vocab_sizes={text!r}: expected comma-separated integers > 257 "
-                         "(the 256 bytes and <|endoftext|>)")
-    return sizes
+    """The text of --vocab_sizes as sorted distinct sizes (parse() checks the option's value
+    the same way); raises UsageError."""
+    return sorted(set(convert("vocab_sizes", text, OPTIONS["vocab_sizes"])))
 
 
 def stats(tok, text):
@@ -143,7 +139,7 @@ _write = write_text
 
 def main(argv=None):
     cfg = parse(argv, OPTIONS, prog=PROG, description=__doc__.split("\n")[0])
-    sizes = parse_sizes(cfg["vocab_sizes"])
+    sizes = sorted(set(cfg["vocab_sizes"]))
     from gpt.data import check_dataset, load_text
 
     check_dataset(cfg["dataset"])

@@ -3,7 +3,7 @@
 Each autotuned kernel lists its tiles per head dim (or per operand size): a table of
 ``(BLOCK_..., num_warps, num_stages)`` tuples, each entry commented with why it is there.
 Every entry was compiled for sm_80 (A100) and sm_90 (H100) at the model's shapes with
-``python -m bench.compile_report``: it fits the chip's shared memory and spills no register.
+``python -m tools.compile_report``: it fits the chip's shared memory and spills no register.
 
 ``triton.autotune`` gets the union of the tables as its configs and a ``Prune`` as its
 ``early_config_prune``: at the first launch of each autotune key it keeps the configs the

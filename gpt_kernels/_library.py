@@ -92,7 +92,7 @@ def plain_launches():
 @contextmanager
 def recording():
     """Within it, launches run nothing and are appended to the yielded list as
-    ``(kernel, grid, args, kwargs)``: the compile report (``bench/compile_report.py``) runs
+    ``(kernel, grid, args, kwargs)``: the compile report (``tools/compile_report/launches.py``) runs
     the launchers on fake tensors this way to see each launch's exact arguments."""
     global _RECORDED
     saved, _RECORDED = _RECORDED, []

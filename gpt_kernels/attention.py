@@ -1,5 +1,8 @@
 """Causal flash attention, forward and backward, as Triton kernels (FlashAttention-2 style).
 
+One file per op (the project's rule): this op's Triton kernels, launchers, autograd and
+`torch.library` registration together, however long.
+
     flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0)
     q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D) in q's dtype
 
@@ -58,7 +61,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # bound of what Triton allocates) exceeds the GPU's, so a 99 KB RTX 4090 gets a subset of
 # a 227 KB H100's list.
 # Every entry compiles for sm_80 and sm_90 at GPT-2's shapes without spilling a register:
-# `python -m bench.compile_report` checks it (make test on a subset); "regs" below is the
+# `python -m tools.compile_report` checks it (make test on a subset); "regs" below is the
 # larger of the two chips' counts, with dropout where the tile allows it.
 
 
@@ -82,7 +85,7 @@ def _before_3_9(tables, changes):
     """``tables`` with ``changes`` applied when this Triton is older than 3.9: {(head dim,
     kind): {tile: None (left out) | "no dropout" | a replacement entry}}. Triton 3.6 (the GPU
     image's, torch 2.11) spills a few tiles on sm_90 that 3.9 compiles cleanly (measured with
-    ``python -m bench.compile_report`` under each; see docs/gpu.md)."""
+    ``python -m tools.compile_report`` under each; see docs/gpu.md)."""
     if _autotune._TRITON >= (3, 9):
         return tables
     out = {}
@@ -117,7 +120,7 @@ def _keep_mask(seed, off_bh, rows, cols, dropout_p):
     (column, row, head) itself, one 32-bit word each: unique at any size, with no B*H*Tq*Tk
     product that would need 64 bits. (A flat int64 offset, as ``tl.rand`` takes, runs
     Philox in 64-bit arithmetic: twice the registers per element and spills in the
-    attention tiles; see ``python -m bench.compile_report``.)
+    attention tiles; see ``python -m tools.compile_report``.)
     """
     bits, _, _, _ = tl.philox(seed, cols.to(tl.int32), rows.to(tl.int32),
                               off_bh.to(tl.int32), 0)
@@ -849,6 +852,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, causal, sm_scale, dropout_p, seed = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)  # saved for backward, not a result
+    ctx.set_materialize_grads(False)  # no zero-filled lse gradient: backward never reads it
     ctx.save_for_backward(q, k, v, out, lse, seed)
     ctx.causal, ctx.sm_scale, ctx.dropout_p = causal, sm_scale, dropout_p
 

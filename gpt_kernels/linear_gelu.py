@@ -1,5 +1,8 @@
 """Linear + tanh-GELU, gelu_tanh(x @ weight.T + bias): Triton forward and backward.
 
+One file per op (the project's rule): this op's Triton kernels, launchers, autograd and
+`torch.library` registration together, however long.
+
 Forward: a tiled matmul (grouped tile order for L2 reuse) whose epilogue adds the bias and
 applies the tanh GELU before the single store of y, so the pre-activation h = x @ W^T + b
 never makes a round trip through memory between the matmul and the activation. When a
@@ -64,7 +67,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # offered the list for the launch's operands, less the tiles whose shared memory (the
 # _smem_* estimates, upper bounds of what Triton allocates) exceeds the GPU's. Every entry
 # compiles for sm_80 and sm_90 at GPT-2's MLP shapes (M = 8192, K = 768, N = 3072) without
-# spilling a register and within shared memory: `python -m bench.compile_report` checks it
+# spilling a register and within shared memory: `python -m tools.compile_report` checks it
 # (make test on a subset); "regs" below is the larger of the two chips' counts.
 # The gradient kernels' tiles were chosen when they formed dh = dy * gelu'(h) in a float32
 # prologue (hence the short reduction tiles: BLOCK_N for dX, BLOCK_M for dW); they now read dh

@@ -86,6 +86,19 @@ def test_only_y_used(x_dtype, r_dtype):
     check(*make_inputs((37,), 100, x_dtype, r_dtype), use_s=False)
 
 
+def test_only_s_used():
+    """y not used downstream: its gradient arrives as None (no zero-filled tensor) and backward
+    gives the stream's gradient to x and the branch, zero to weight and bias."""
+    x, r, w, b = make_inputs((37,), 100, torch.float32, torch.bfloat16)
+    s, _ = add_layer_norm(x, r, w, b)
+    gs = torch.randn(s.shape)
+    s.backward(gs)
+    _, _, (dx, dr, dw, db) = oracle(x, r, w, b, 1e-5, gs, torch.zeros(s.shape))
+    assert_close(x.grad, dx, TOL[torch.float32], "dx")
+    assert_close(r.grad, dr, TOL[torch.bfloat16], "dbranch")
+    assert torch.count_nonzero(w.grad) == 0 and torch.count_nonzero(b.grad) == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_without_branch_is_layer_norm(dtype):
     x, _, w, b = make_inputs((23,), 96, dtype, dtype)

@@ -380,7 +380,7 @@ def trained(synthetic_meds, tmp_path_factory):
 
 
 def test_tiny_training_beats_the_frequency_baseline(trained, synthetic_meds):
-    from gpt.sample import load_checkpoint
+    from gpt.checkpoint import load_checkpoint
 
     out, summary = trained
     assert "GENDER//" in summary["samples"][0] or "LAB//" in summary["samples"][0]  # readable

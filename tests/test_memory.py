@@ -101,8 +101,8 @@ def test_parse_memory(text, expected):
     (["--block_size=2048"], "longer than the model's context 1024"),
     (["--dtype=float8"], "--dtype must be one of"),
     (["--gpu_memory=lots"], "--gpu_memory expects a positive size"),
-    (["--paths=triton,jax"], "--paths: unknown 'jax'"),
-    (["--parallel=zero3"], "--parallel: unknown 'zero3'"),
+    (["--paths=triton,jax"], "--paths='triton,jax': unknown jax; choose from triton, torch"),
+    (["--parallel=zero3"], "--parallel='zero3': unknown zero3; choose from none, ddp, fsdp"),
     (["--preset=custom", "--n_embd=100", "--n_head=3"], "divisible by --n_head"),
 ])
 def test_bad_options_are_one_line_errors(argv, match, capsys):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import train
-from gpt import sample
+from gpt import checkpoint as gckpt
+from gpt import sample, trainer
 from gpt.cli import UsageError
 from tests.test_train import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
 
@@ -12,7 +12,7 @@ from tests.test_train import corpus, tiny_config  # noqa: F401  (corpus is a fix
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("run") / "out"
-    train.train(tiny_config(corpus, out, max_iters=20, eval_interval=10, num_samples=0))
+    trainer.train(tiny_config(corpus, out, max_iters=20, eval_interval=10, num_samples=0))
     return out
 
 
@@ -59,7 +59,7 @@ def test_sample_errors(trained, tmp_path):
 
 
 def test_checkpoint_loads_with_weights_only(trained):
-    model, tok = sample.load_checkpoint(trained)
+    model, tok = gckpt.load_checkpoint(trained)
     assert not model.training and tok.vocab_size == model.config.vocab_size
     ckpt = torch.load(trained / "ckpt.pt", weights_only=True)
     assert set(ckpt) >= {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "rng"}

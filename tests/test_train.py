@@ -1,4 +1,5 @@
-"""The trainer: config overrides, LR schedule, a short run whose loss falls, exact resume, DDP."""
+"""The trainer (gpt.trainer, and train.py around it): config overrides, the typed config, LR
+schedule, a short run whose loss falls, exact resume, DDP."""
 
 import json
 import os
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 import train
-from gpt.cli import ConfigError, parse_overrides
+from gpt import trainer
+from gpt.cli import ConfigError, parse, parse_overrides
+from gpt.train_config import TrainConfig, as_config
 from tests.ddp_common import make_model_and_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +36,7 @@ def corpus(tmp_path_factory):
 
 
 def tiny_config(corpus, out_dir, **kw):
-    cfg = dict(train.DEFAULTS)
+    cfg = dict(trainer.DEFAULTS)
     cfg.update(dataset=str(corpus), data_dir=str(out_dir.parent / "data"), out_dir=str(out_dir),
                n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=60,
                lr_decay_iters=60, warmup_iters=5, eval_interval=30, eval_iters=5, log_interval=10,
@@ -80,8 +83,39 @@ def test_config_file_then_overrides(tmp_path):
 
 
 def test_repo_config_file_is_valid():
-    cfg = parse_overrides([str(ROOT / "config" / "train_shakespeare_char.py")], train.DEFAULTS)
+    cfg = parse_overrides([str(ROOT / "config" / "train_shakespeare_char.py")], trainer.DEFAULTS)
     assert cfg["n_layer"] == 6 and cfg["block_size"] == 256 and cfg["dropout"] == 0.2
+
+
+def test_options_are_the_typed_config_fields():
+    # one declaration: --help's table, the defaults and the dataclass are the same names,
+    # in the same order, each default of its field's type
+    names = [name for group in trainer.OPTIONS.values() for name in group]
+    assert names == list(trainer.DEFAULTS) == list(TrainConfig.__dataclass_fields__)
+    assert TrainConfig().to_dict() == trainer.DEFAULTS
+    for name, f in TrainConfig.__dataclass_fields__.items():
+        assert type(trainer.DEFAULTS[name]) is f.type, name
+
+
+def test_a_dict_and_a_train_config_are_the_same_config():
+    argv = ["--max_iters=7", "--learning_rate=2e-3", "--bias=True", "--dataset=x.txt"]
+    from_cli = as_config(parse(argv, trainer.OPTIONS))
+    assert from_cli == TrainConfig(max_iters=7, learning_rate=2e-3, bias=True, dataset="x.txt")
+    assert as_config({"max_iters": 7}).max_iters == 7  # missing names keep their defaults
+    assert isinstance(as_config({"learning_rate": 1}).learning_rate, float)  # int -> float
+    with pytest.raises(ConfigError, match="did you mean --max_iters"):
+        as_config({"max_iter": 7})
+    with pytest.raises(ConfigError, match="--n_layer must be >= 1"):
+        as_config(TrainConfig(n_layer=0))
+
+
+def test_train_script_is_the_library_behind_a_command_line():
+    # train.py holds no trainer of its own: the names older code imports from it (gpt/scaling.py:
+    # train, DEFAULTS, check_config, resolve_device_and_dtype, prepare_data) are the library's
+    assert train.train is trainer.train and train.OPTIONS is trainer.OPTIONS
+    assert train.DEFAULTS is trainer.DEFAULTS
+    for name in train.__all__:
+        assert callable(getattr(train, name)) or name in ("OPTIONS", "DEFAULTS", "PEAK_BF16_FLOPS")
 
 
 def test_main_rejects_unknown_names():
@@ -103,34 +137,35 @@ def test_main_rejects_unknown_names():
 ])
 def test_bad_train_config(corpus, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
-        train.train(tiny_config(corpus, tmp_path / "out", **kw))
+        trainer.train(tiny_config(corpus, tmp_path / "out", **kw))
 
 
 def test_resume_without_checkpoint_is_an_error(corpus, tmp_path):
     with pytest.raises(ConfigError, match="ckpt.pt"):
-        train.train(tiny_config(corpus, tmp_path / "out", init_from="resume"))
+        trainer.train(tiny_config(corpus, tmp_path / "out", init_from="resume"))
     assert not (tmp_path / "out").exists()  # a user error writes nothing
 
 
 # ---------------------------------------------------------------- LR schedule
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = dict(decay_lr=True, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
-    lrs = [train.get_lr(i, cfg) for i in range(130)]
+    cfg = TrainConfig(decay_lr=True, learning_rate=1.0, min_lr=0.1, warmup_iters=10,
+                      lr_decay_iters=110)
+    lrs = [trainer.get_lr(i, cfg) for i in range(130)]
     assert lrs[0] == pytest.approx(1 / 11)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # linear warmup
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.55)  # half-way down the cosine
     assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))
     assert lrs[110] == pytest.approx(0.1) and lrs[129] == 0.1
-    assert train.get_lr(50, {**cfg, "decay_lr": False}) == 1.0
+    assert trainer.get_lr(50, TrainConfig(learning_rate=1.0, decay_lr=False)) == 1.0
 
 
 # ---------------------------------------------------------------- training runs
 
 def test_short_training_run_loss_falls(corpus, tmp_path, capsys):
     out = tmp_path / "out"
-    summary = train.train(tiny_config(corpus, out))
+    summary = trainer.train(tiny_config(corpus, out))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_loss" in r]
     assert [r["iter"] for r in evals] == [0, 30, 60]
@@ -157,11 +192,11 @@ def test_resume_continues_bit_exactly(corpus, tmp_path):
     common = dict(max_iters=20, lr_decay_iters=20, eval_interval=10, always_save_checkpoint=True,
                   dropout=0.1, num_samples=0, gradient_accumulation_steps=2, plot=False)
     straight = tmp_path / "straight"
-    train.train(tiny_config(corpus, straight, **common))
+    trainer.train(tiny_config(corpus, straight, **common))
     split = tmp_path / "split"
-    train.train(tiny_config(corpus, split, **{**common, "max_iters": 10}))
+    trainer.train(tiny_config(corpus, split, **{**common, "max_iters": 10}))
     assert torch.load(split / "ckpt.pt", weights_only=True)["iter_num"] == 10
-    train.train(tiny_config(corpus, split, **{**common, "init_from": "resume"}))
+    trainer.train(tiny_config(corpus, split, **{**common, "init_from": "resume"}))
 
     a = torch.load(straight / "ckpt.pt", weights_only=True)
     b = torch.load(split / "ckpt.pt", weights_only=True)
@@ -178,7 +213,7 @@ def test_resume_continues_bit_exactly(corpus, tmp_path):
 
 
 def test_eval_only(corpus, tmp_path):
-    summary = train.train(tiny_config(corpus, tmp_path / "out", eval_only=True))
+    summary = trainer.train(TrainConfig(**tiny_config(corpus, tmp_path / "out", eval_only=True)))
     assert summary["iter_num"] == 0 and "val_loss" in summary
 
 
@@ -186,7 +221,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     model, batches = make_model_and_batches()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     it = iter(batches)
-    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
+    trainer.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     accumulated = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     x = torch.cat([b[0] for b in batches])
@@ -210,7 +245,7 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
     model, batches = make_model_and_batches()
     it = iter(batches)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
+    trainer.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     for n, p in model.named_parameters():
         torch.testing.assert_close(ddp_grads[n], p.grad, rtol=1e-5, atol=1e-7)
 

@@ -1,5 +1,8 @@
 """Patient timelines: generate the synthetic MEDS dataset, tokenize, evaluate, sample futures.
 
+All the commands in one file: each is its options plus a few lines of calls into the
+`gpt.events` modules that do the work.
+
     python -m gpt.events generate --out=ehr_meds --n_subjects=10000
     python -m gpt.events prepare --dataset=meds:ehr_meds --split_codes=True
     python -m gpt.events eval --out_dir=out-ehr
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt.cli import Opt, UsageError, parse, run_main
+from gpt.cli import Opt, UsageError, parse_command, run_main
 from gpt.files import atomic_path, write_json
 
 PROG = "python -m gpt.events"
@@ -49,9 +52,9 @@ COMMANDS = {
     )),
     "sample": ("sample futures of held-out patients; AUROC of P(code within N days)", dict(
         out_dir=Opt("out", "a train.py run on an events dataset"),
-        code=Opt("ICD10CM//I10,ICD10CM//E11.9,ICD10CM//N39.0,ICD10CM//J06.9,ATC//C10AA05",
-                 "codes of interest, comma-separated: one outcome each, scored on the same "
-                 "sampled futures"),
+        code=Opt(("ICD10CM//I10", "ICD10CM//E11.9", "ICD10CM//N39.0", "ICD10CM//J06.9",
+                  "ATC//C10AA05"), "codes of interest, comma-separated: one outcome each, "
+                 "scored on the same sampled futures"),
         days=Opt(365.0, "prediction window after the landmark, in days", gt=0),
         landmark_days=Opt(365.0, "predict after the last event this long after the record's "
                           "start", ge=0),
@@ -132,7 +135,7 @@ def _load_run(cfg):
     from gpt.events.meds_data import read_split
     from gpt.events.synthetic import SyntheticEHR, synthetic_info
     from gpt.events.tokenizer import EventTokenizer
-    from gpt.sample import load_checkpoint
+    from gpt.checkpoint import load_checkpoint
 
     out_dir = Path(cfg["out_dir"])
     if not (out_dir / "ckpt.pt").is_file():
@@ -209,9 +212,7 @@ def cmd_eval(cfg):
 def cmd_sample(cfg):
     from gpt.events.evaluate import landmarks, outcome_auroc
 
-    codes = [c.strip() for c in cfg["code"].split(",") if c.strip()]
-    if not codes:
-        raise UsageError("--code needs at least one code")
+    codes = list(cfg["code"])
     model, tok, timelines, process, device = _load_run(cfg)
     unknown = [c for c in codes if tok.unk_token in tok.code_ids(c)]
     if unknown:
@@ -480,18 +481,10 @@ HANDLERS = {"generate": cmd_generate, "prepare": cmd_prepare, "eval": cmd_eval, 
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        if argv:
-            print(__doc__.strip() + "\n\ncommands:\n" + "\n".join(
-                f"  {name:<9} {help_}" for name, (help_, _) in COMMANDS.items()))
-            return None
-        raise UsageError(f"expected a command: {', '.join(COMMANDS)} (see {PROG} --help)")
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
-    help_, options = COMMANDS[command]
-    cfg = parse(rest, options, prog=f"{PROG} {command}", description=help_)
+    # --help shows the docstring's title and examples (its other paragraphs are for readers)
+    paragraphs = __doc__.split("\n\n")
+    description = "\n\n".join(paragraphs[:1] + [p for p in paragraphs if p.startswith("    python")])
+    command, cfg = parse_command(argv, COMMANDS, PROG, description=description)
     with torch.no_grad() if command in ("eval", "sample", "predict") else nullcontext():
         return HANDLERS[command](cfg)
 

@@ -1,5 +1,8 @@
 """A synthetic electronic health record with known ground truth, written as a MEDS dataset.
 
+One file although over 500 lines: the process's rates, the sampler and the exact next-event
+probabilities (the ground truth models are scored against) must change together.
+
 Every patient's timeline is drawn from one documented stochastic process, so for any prefix of
 a generated timeline the true distribution of the next event is known exactly
 (`SyntheticEHR.next_code_probs`) and models can be scored against it, not only against data.

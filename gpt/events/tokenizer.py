@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt.files import write_json
+
 MINUTE, HOUR, DAY = 1.0, 60.0, 1440.0
 YEAR = 365.25 * DAY
 MONTH = YEAR / 12
@@ -309,9 +311,7 @@ class EventTokenizer:
                    d.get("min_count", 1), d.get("n_value_bins", 10), d.get("source"))
 
     def save(self, path):
-        from gpt.tokenizer import _write_json
-
-        _write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), indent=None, ensure_ascii=False)
 
     @classmethod
     def load(cls, path):

@@ -34,9 +34,9 @@ OPTIONS = {
     "what": dict(
         subset=Opt("full", "full: every preset shape and variant; ci: GPT-2 small's shapes, "
                            "the largest config of each launch", choices=("full", "ci")),
-        ops=Opt("all", "comma-separated kernel files (" + ", ".join(OPS) + "), or all"),
-        dtypes=Opt("all", "comma-separated of " + ", ".join(DTYPES) + ", or all"),
-        targets=Opt("sm_80,sm_90", "comma-separated of " + ", ".join(TARGETS) + ", or all"),
+        ops=Opt(tuple(OPS), "comma-separated kernel files, or all", choices=tuple(OPS)),
+        dtypes=Opt(tuple(DTYPES), "comma-separated dtypes, or all", choices=tuple(DTYPES)),
+        targets=Opt(("sm_80", "sm_90"), "comma-separated chips, or all", choices=tuple(TARGETS)),
         configs=Opt("auto", "which offered configs to compile: all, or the largest of each launch "
                             "(the one most likely to spill); auto: all for full, largest for ci",
                     choices=("auto", "all", "largest")),
@@ -65,17 +65,6 @@ OPTIONS = {
 DESCRIPTION = package.__doc__.split("\n\n")[0]
 
 
-def _split(text, allowed, what):
-    if text == "all":
-        return list(allowed)
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad or not items:
-        raise UsageError(f"--{what} must be 'all' or a comma-separated list of "
-                         f"{', '.join(allowed)}; got {text!r}")
-    return items
-
-
 def _check_environment():
     """The report must see what a GPU run offers: not the interpreter's single config."""
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -94,9 +83,8 @@ def run(cfg):
         print(f"updated {update_readme(cfg['readme'], docs)} from "
               + (", ".join(d["file"] for d in docs) or "no report"))
         return None
-    ops = _split(cfg["ops"], OPS, "ops")
-    dtypes = _split(cfg["dtypes"], DTYPES, "dtypes")
-    targets = [TARGETS[t] for t in _split(cfg["targets"], TARGETS, "targets")]
+    ops, dtypes = list(cfg["ops"]), list(cfg["dtypes"])  # checked by parse()
+    targets = [TARGETS[t] for t in cfg["targets"]]
     inject = parse_inject(cfg["inject"])
     if cfg["update_readme"] and cfg["subset"] != "full":
         raise UsageError("--update_readme=True needs --subset=full: the README shows full reports")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from gpt.cli import Opt, parse, run_main
 from gpt.errors import UsageError
+from tools.compile_report.chips import TARGETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m tools.compile_report.compat"
@@ -56,13 +57,13 @@ def floor_version(pyproject=REPO_ROOT / "pyproject.toml"):
 
 OPTIONS = {
     "what": dict(
-        versions=Opt("", f"comma-separated Triton versions, or none; default: the floor in "
-                         f"pyproject.toml, {IMAGE} and {NEWEST}"),
-        pythons=Opt("", "comma-separated Python executables of other environments to check "
-                        "as they are (their own torch, Triton, numpy)"),
+        versions=Opt((), f"comma-separated Triton versions, or none; default: the floor in "
+                         f"pyproject.toml, {IMAGE} and {NEWEST}", item=str),
+        pythons=Opt((), "comma-separated Python executables of other environments to check "
+                        "as they are (their own torch, Triton, numpy)", item=str),
         subset=Opt("ci", "compile_report subset: ci (GPT-2 small's shapes) or full",
                    choices=("ci", "full")),
-        targets=Opt("sm_80,sm_90", "compile_report targets"),
+        targets=Opt(("sm_80", "sm_90"), "compile_report targets", choices=tuple(TARGETS)),
     ),
     "run": dict(
         install_dir=Opt(str(Path.home() / ".cache" / "gpt-triton" / "compat"),
@@ -95,7 +96,7 @@ def check_version(version, cfg, out):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(path), str(REPO_ROOT)])
     cmd = [sys.executable, "-m", "tools.compile_report", f"--subset={cfg['subset']}",
-           f"--targets={cfg['targets']}", f"--workers={cfg['workers']}",
+           f"--targets={','.join(cfg['targets'])}", f"--workers={cfg['workers']}",
            f"--cache={cfg['cache']}", f"--out={out}"]
     print(f"\n==> triton {version}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -122,7 +123,7 @@ def check_python(python, cfg, out):
     py, torch_v, triton_v, numpy_v = probe.stdout.split()
     label = f"{triton_v} (python {py}, torch {torch_v}, numpy {numpy_v})"
     cmd = [python, "-m", "tools.compile_report", f"--subset={cfg['subset']}",
-           f"--targets={cfg['targets']}", f"--workers={cfg['workers']}",
+           f"--targets={','.join(cfg['targets'])}", f"--workers={cfg['workers']}",
            f"--cache={cfg['cache']}", f"--out={out}"]
     print(f"\n==> {label}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -140,11 +141,10 @@ def check_python(python, cfg, out):
 
 
 def run(cfg):
-    versions = [v.strip() for v in cfg["versions"].split(",") if v.strip()] or \
-        [floor_version(), IMAGE, NEWEST]
+    versions = list(cfg["versions"]) or [floor_version(), IMAGE, NEWEST]
     if versions == ["none"]:
         versions = []
-    pythons = [p.strip() for p in cfg["pythons"].split(",") if p.strip()]
+    pythons = list(cfg["pythons"])
     missing = [p for p in pythons if not os.access(p, os.X_OK)]
     if missing:
         raise UsageError(f"--pythons: not an executable: {', '.join(missing)}")
