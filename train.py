@@ -18,15 +18,7 @@ files of out_dir are read and written by gpt/checkpoint.py.
 """
 
 from gpt.cli import parse, run_main
-from gpt.run_setup import prepare_data
-from gpt.train_config import DEFAULTS, check_config, resolve_device_and_dtype
-from gpt.trainer import OPTIONS, PEAK_BF16_FLOPS, forward_backward, sample_text, train
-
-# main is the script; the other names are importable from it (`import train`) for code written
-# before the loop moved to gpt.trainer (gpt/scaling.py, tests); new code imports gpt.trainer
-__all__ = ["main", "train", "OPTIONS", "DEFAULTS", "check_config", "prepare_data",
-           "resolve_device_and_dtype", "forward_backward", "sample_text", "PEAK_BF16_FLOPS",
-           "parse"]
+from gpt.trainer import OPTIONS, train
 
 
 def main(argv=None):

@@ -61,10 +61,16 @@ from gpt.run_setup import peak_flops
 from gpt.train_config import DATASETS
 
 PROG = "python -m bench.train"
+PATHS = {  # name -> (GPTConfig.kernels, torch.compile?)
+    "triton": ("triton", False),
+    "torch": ("torch", False),
+    "compile": ("torch", True),
+    "compile-triton": ("triton", True),
+}
+
 OPTIONS = {
     "model": dict(
-        paths=Opt("triton,torch,compile,compile-triton",
-                  "comma-separated of triton, torch, compile, compile-triton"),
+        paths=Opt(tuple(PATHS), "comma-separated paths, or all", choices=tuple(PATHS)),
         preset=Opt("gpt2", "model size (a gpt.model preset: gpt2, gpt2-medium, ...)"),
         block_size=Opt(1024, "sequence length", ge=1),
         batch_size=Opt(12, "the micro-batch every path runs (nanoGPT's GPT-2 recipe: 12)",
@@ -91,12 +97,6 @@ OPTIONS = {
 }
 DEFAULTS = defaults(OPTIONS)
 
-PATHS = {  # name -> (GPTConfig.kernels, torch.compile?)
-    "triton": ("triton", False),
-    "torch": ("torch", False),
-    "compile": ("torch", True),
-    "compile-triton": ("triton", True),
-}
 VOCAB = GPTConfig().vocab_size  # 50304
 NEEDS_INTERPRETER = "Triton on the CPU needs TRITON_INTERPRET=1 (set before start)"
 RECIPE = common.REPO_ROOT / "config" / "train_shakespeare_char.py"
@@ -316,11 +316,7 @@ def time_to_quality(path, cfg, device, smoke, workdir):
 
 def check_options(cfg):
     """The paths to run; UsageError for a bad --paths, --preset or --data."""
-    paths = tuple(p.strip() for p in cfg["paths"].split(",") if p.strip())
-    bad = [p for p in paths if p not in PATHS]
-    if bad or not paths:
-        raise UsageError(f"--paths={cfg['paths']!r}: unknown {', '.join(bad) or 'empty list'}; "
-                         f"choose from {', '.join(PATHS)}")
+    paths = tuple(cfg["paths"])  # each checked by parse()
     if cfg["preset"] not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {cfg['preset']!r}")
     data = cfg["data"]

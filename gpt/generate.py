@@ -16,7 +16,6 @@ tokens from scratch (positions 0..block_size-1), exactly as the uncached path an
 so cached and uncached outputs stay identical; only those steps lose the cache's speed-up.
 """
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-# load_checkpoint is also imported from here by code written before it moved (gpt/scaling.py)
-from gpt.checkpoint import check_checkpoint, load_checkpoint  # noqa: F401
+from gpt.checkpoint import check_checkpoint, load_checkpoint
 from gpt.cli import Opt, UsageError, check, defaults, parse, resolve_device, run_main
 
 PROG = "python -m gpt.sample"

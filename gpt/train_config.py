@@ -24,6 +24,7 @@ from gpt import checkpoint as gckpt
 from gpt.cli import Opt, check, defaults
 from gpt.errors import UsageError
 from gpt.events import data as events
+from gpt.hardware import cpu_has_bf16
 from gpt.pretrained import HF_NAMES
 
 __all__ = ["TrainConfig", "OPTIONS", "DEFAULTS", "DATASETS", "as_config", "check_config",
@@ -111,8 +112,8 @@ class TrainConfig:
                                      "into the log and metrics.jsonl; 0: none", ge=0)
     # system
     device: str = option("system", "auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    dtype: str = option("system", "auto", "auto: bf16 on GPUs that have it, else fp16; fp32 "
-                        "on CPU", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = option("system", "auto", "auto: bf16 on GPUs that have it, else fp16; on a "
+                        "CPU bf16 where it has native bf16 (AVX512-BF16/AMX), else fp32", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = option("system", False, "torch.compile the model")
     fsdp: bool = option("system", False, "shard weights, gradients and AdamW state over the "
                         "torchrun processes (FSDP2; bf16 compute, fp32 master weights and "
@@ -204,7 +205,9 @@ def resolve_device_and_dtype(cfg, local_rank=None):
         if device_type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
-            dtype = "float32"
+            # bf16 autocast pays on a CPU only with native bf16 dot products (AVX512-BF16,
+            # AMX): there a CPU step is ~1.3x faster at the same loss (docs/training.md)
+            dtype = "bfloat16" if cpu_has_bf16() else "float32"
     if dtype == "float16" and device_type != "cuda":
         raise UsageError("--dtype=float16 needs a CUDA device (use bfloat16 or float32 on CPU)")
     return device, device_type, dtype

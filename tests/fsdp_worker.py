@@ -1,4 +1,4 @@
-"""Run under `torchrun --nproc_per_node=2`: FSDP2 gradients of train.forward_backward.
+"""Run under `torchrun --nproc_per_node=2`: FSDP2 gradients of trainer.forward_backward.
 
 Like ddp_worker.py: every rank builds the same model and the same 4 micro-batches, rank r
 takes micro-batches [2r, 2r+1] with accumulation 2, here with the model sharded by
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
+from gpt import trainer  # noqa: E402
 from gpt.parallel import shard  # noqa: E402
 from tests.ddp_common import make_model_and_batches  # noqa: E402
 
@@ -31,7 +31,7 @@ def main():
     tied = model.lm_head.weight is model.transformer.wte.weight
     mine = iter(batches[rank * 2: rank * 2 + 2])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = train.forward_backward(model, lambda: next(mine), 4 // world, nullcontext(), scaler,
+    loss = trainer.forward_backward(model, lambda: next(mine), 4 // world, nullcontext(), scaler,
                                   parallel="fsdp")
     grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}  # collective
     if rank == 0:

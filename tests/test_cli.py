@@ -19,9 +19,9 @@ from bench import flce_memory, generate, memory, nanogpt_cpu, report
 from bench import kernels as bench_kernels
 from bench import train as bench_train
 from gpt import attention_maps, data, pretrained, sample
-from gpt.cli import run_main
-from gpt.cli import Opt, UsageError, check, defaults, parse, parse_command  # the parser's tests
+from gpt.cli import Opt, UsageError, check, defaults, parse, parse_command, run_main
 from gpt.events import __main__ as events
+from gpt.train_config import check_config
 from tools.compile_report import cli as compile_report
 from tools.compile_report import compat
 
@@ -203,8 +203,8 @@ def test_every_config_file_is_a_valid_train_config(path, monkeypatch):
     # the README's recipes: every name an option of train.py, every value in range, the
     # combinations allowed (an FSDP recipe as torchrun would start it, on 8 processes)
     monkeypatch.setenv("WORLD_SIZE", "8")
-    cfg = train.parse([str(path), "--device=cpu"], train.OPTIONS, prog="train.py")
-    train.check_config(cfg)
+    cfg = parse([str(path), "--device=cpu"], train.OPTIONS, prog="train.py")
+    check_config(cfg)
     assert cfg["gradient_accumulation_steps"] % (8 if cfg["fsdp"] else 1) == 0
 
 

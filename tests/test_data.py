@@ -350,7 +350,7 @@ def test_special_tokens_cli_and_bad_vocab(doc_folder, tmp_path, capsys):
 
 
 def test_train_samples_stop_at_eos():
-    import train
+    from gpt import trainer
 
     class Fake:  # a model whose continuation is: a, b, <EOS>, padding
         def generate(self, x, n, **kw):
@@ -360,13 +360,13 @@ def test_train_samples_stop_at_eos():
     tok = CharTokenizer.from_text("ab", special_tokens=True)
     from contextlib import nullcontext
 
-    assert train.sample_text(Fake(), tok, 10, "cpu", nullcontext()) == "<BOS>ab<EOS>"
+    assert trainer.sample_text(Fake(), tok, 10, "cpu", nullcontext()) == "<BOS>ab<EOS>"
 
 
 def test_train_prepares_documents_with_special_tokens(doc_folder, tmp_path):
-    import train
+    from gpt import run_setup, trainer
 
-    cfg = {**train.DEFAULTS, "dataset": str(doc_folder), "data_dir": str(tmp_path / "data"),
+    cfg = {**trainer.DEFAULTS, "dataset": str(doc_folder), "data_dir": str(tmp_path / "data"),
            "special_tokens": True}
-    out = train.prepare_data(cfg)
+    out = run_setup.prepare_data(cfg)
     assert out.name == "docs-char-special" and load_meta(out)["special_tokens"] is True

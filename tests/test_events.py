@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train
+from gpt import train_config, trainer
 from gpt.cli import UsageError
 from gpt.events import data as edata
 from gpt.events import synthetic as syn
@@ -369,13 +369,13 @@ def test_eval_with_split_codes_maps_the_truth_onto_categories(synthetic_meds, tm
 @pytest.fixture(scope="module")
 def trained(synthetic_meds, tmp_path_factory):
     base = tmp_path_factory.mktemp("run")
-    cfg = dict(train.DEFAULTS)
+    cfg = dict(trainer.DEFAULTS)
     cfg.update(dataset=f"meds:{synthetic_meds}", data_dir=str(base / "data"), out_dir=str(base / "out"),
                n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, max_iters=100,
                lr_decay_iters=100, warmup_iters=10, learning_rate=6e-3, min_lr=6e-4,
                eval_interval=100, eval_iters=2, log_interval=50, kernels="torch", progress=False,
                num_samples=1, sample_tokens=40, device="cpu")
-    summary = train.train(cfg)
+    summary = trainer.train(cfg)
     return base / "out", summary
 
 
@@ -447,4 +447,4 @@ def test_cli_usage_errors_in_process(tmp_path):
     with pytest.raises(UsageError, match="not a MEDS dataset"):
         main(["prepare", f"--dataset=meds:{tmp_path}"])
     with pytest.raises(UsageError, match="does not apply"):
-        train.check_config({**train.DEFAULTS, "dataset": "synthetic_ehr", "tokenizer": "char"})
+        train_config.check_config({**trainer.DEFAULTS, "dataset": "synthetic_ehr", "tokenizer": "char"})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import train
+from gpt import trainer
 from gpt.cli import UsageError
 from gpt.events import synthetic as syn
 from gpt.events.calibration import (average_precision, bootstrap, brier, calibration_curve,
@@ -345,13 +345,13 @@ def run(tmp_path_factory):
     """A MEDS folder of 600 synthetic patients and a 40-step model trained on it."""
     base = tmp_path_factory.mktemp("tasks")
     meds_dir = syn.write_synthetic(base / "meds", n_subjects=600, seed=11)
-    cfg = dict(train.DEFAULTS)
+    cfg = dict(trainer.DEFAULTS)
     cfg.update(dataset=f"meds:{meds_dir}", data_dir=str(base / "data"), out_dir=str(base / "out"),
                n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8, max_iters=40,
                lr_decay_iters=40, warmup_iters=5, learning_rate=6e-3, min_lr=6e-4,
                eval_interval=40, eval_iters=1, log_interval=40, kernels="torch", progress=False,
                num_samples=0, sample_tokens=8, device="cpu")
-    train.train(cfg)
+    trainer.train(cfg)
     return base, meds_dir
 
 

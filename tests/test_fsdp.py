@@ -18,6 +18,7 @@ import torch
 import gpt_kernels
 import train
 from gpt import checkpoint as gckpt
+from gpt import train_config, trainer
 from gpt.cli import UsageError, parse
 from tests.ddp_common import make_model_and_batches
 
@@ -40,7 +41,7 @@ def single_process_grads(backend):
     model, batches = make_model_and_batches(kernels=backend)
     it = iter(batches)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = train.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
+    loss = trainer.forward_backward(model, lambda: next(it), 4, nullcontext(), scaler)
     return loss, {n: p.grad for n, p in model.named_parameters()}
 
 
@@ -161,7 +162,7 @@ def test_fsdp_without_torchrun_is_a_one_line_error(argv, match, tmp_path):
 def test_fsdp_with_float16_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the check comes first
     with pytest.raises(UsageError, match="float16"):
-        train.check_config({**train.DEFAULTS, "fsdp": True, "dtype": "float16",
+        train_config.check_config({**trainer.DEFAULTS, "fsdp": True, "dtype": "float16",
                             "out_dir": str(tmp_path)})
 
 

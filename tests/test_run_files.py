@@ -196,7 +196,6 @@ def test_load_checkpoint_raises_usage_error(runs, tmp_path):
     (out / "tokenizer.json").unlink()
     with pytest.raises(UsageError, match="tokenizer.json is missing"):
         gckpt.load_checkpoint(out)
-    assert sample.load_checkpoint is gckpt.load_checkpoint  # the old import keeps working
 
 
 @pytest.mark.parametrize("kind, name, how, args", [

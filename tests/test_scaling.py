@@ -67,9 +67,9 @@ def test_memory_and_throughput_arithmetic():
 
 
 def test_gpu_peaks_agree_with_the_trainer():
-    import train
+    from gpt import trainer
 
-    for name, peak in train.PEAK_BF16_FLOPS.items():
+    for name, peak in trainer.PEAK_BF16_FLOPS.items():
         assert scaling.GPU_PEAK_FLOPS[name] == peak
 
 

@@ -1,7 +1,7 @@
 """`python -m gpt.scaling sweep`: an IsoFLOP sweep that really trains.
 
 At each compute budget C it picks the model sizes nearest N = sqrt(C / (6 * tokens_per_param)),
-trains each for C / (6 N) tokens with train.py (`run_one` calls `train.train`), evaluates
+trains each for C / (6 N) tokens with the trainer (`run_one` calls `gpt.trainer.train`), evaluates
 every checkpoint on the same validation windows, fits a parabola of loss against log N per
 budget and N_opt = k * C^a across budgets (`gpt.scaling.laws`), and draws `scaling.png`
 (`gpt.scaling.plot`). Each run leaves a JSON record, so a sweep resumes where it stopped;
@@ -150,10 +150,10 @@ def plan_runs(cfg, budgets, sizes, vocab_size):
 def trainer_config(cfg, run, run_dir):
     """train.py's config for one run: its own budget of steps, warmup + cosine to its end,
     one evaluation batch at the start and the end (the sweep evaluates the checkpoint itself)."""
-    import train
+    from gpt.train_config import DEFAULTS
 
     iters = run["iters"]
-    return {**train.DEFAULTS,
+    return {**DEFAULTS,
             "dataset": cfg["dataset"], "tokenizer": cfg["tokenizer"], "data_dir": cfg["data_dir"],
             "out_dir": str(run_dir), "batch_size": cfg["batch_size"],
             "block_size": cfg["block_size"], "gradient_accumulation_steps": 1,
@@ -174,7 +174,7 @@ def evaluate(run_dir, data_dir, block_size, eval_tokens, device, batch=64):
     import torch
 
     from gpt.data import TokenDataset
-    from gpt.sample import load_checkpoint
+    from gpt.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(run_dir, device=device)  # in eval mode, dropout 0
     val = TokenDataset(data_dir, "val")
@@ -194,7 +194,7 @@ def run_one(cfg, run, out_dir, device):
     """Train one (budget, size) run, evaluate it, write its record; return the record."""
     import torch
 
-    import train
+    from gpt import trainer
     from gpt.data import TokenDataset
 
     run_dir = out_dir / "runs" / run["name"]
@@ -202,7 +202,7 @@ def run_one(cfg, run, out_dir, device):
     run_dir.mkdir(parents=True, exist_ok=True)
     load_before, t0, cpu0 = os.getloadavg(), time.time(), time.process_time()
     with open(run_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
-        summary = train.train(tcfg)  # its log lines go to train.log, not over the progress bar
+        summary = trainer.train(tcfg)  # its log lines go to train.log, not over the progress bar
     train_s = time.time() - t0
     val_loss, eval_tokens = evaluate(run_dir, summary["data_dir"], cfg["block_size"],
                                      cfg["eval_tokens"], device)
@@ -268,17 +268,18 @@ def sweep(cfg):
     content. Every user mistake is raised before a run starts."""
     import torch
 
-    import train
+    from gpt.run_setup import prepare_data
+    from gpt.train_config import check_config, resolve_device_and_dtype
 
     budgets = _checked_budgets(cfg["budgets"])
     sizes = _parse_sizes(cfg["sizes"], cfg["head_dim"])
     out_dir = Path(cfg["out_dir"])
     probe = dict(name="probe", n_layer=sizes[0][0], n_head=sizes[0][1] // cfg["head_dim"],
                  n_embd=sizes[0][1], iters=cfg["min_iters"])
-    train.check_config(trainer_config(cfg, probe, out_dir / "runs" / "probe"))
-    device = train.resolve_device_and_dtype(trainer_config(cfg, probe, out_dir))[0]
+    check_config(trainer_config(cfg, probe, out_dir / "runs" / "probe"))
+    device = resolve_device_and_dtype(trainer_config(cfg, probe, out_dir))[0]
     plan_runs(cfg, budgets, sizes, vocab_size=1)  # budgets too small, before writing anything
-    data_dir = train.prepare_data(trainer_config(cfg, probe, out_dir))  # a cache, shared
+    data_dir = prepare_data(trainer_config(cfg, probe, out_dir))  # a cache, shared
     from gpt.data import load_meta
 
     vocab_size = load_meta(data_dir)["vocab_size"]
