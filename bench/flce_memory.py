@@ -4,7 +4,8 @@ One forward + backward of each, at GPT-2 lm_head sizes by default (N=8192 tokens
 V=50304), weight without bias as in GPT-2's tied lm_head, ignore_index=-1 as the model uses:
 
     unfused:  F.cross_entropy((x @ W.T).float(), target)          (the logits materialised)
-    fused:    gpt_kernels.fused_linear_cross_entropy(x, W, target)    (token chunks, Triton CE)
+    fused:    gpt_kernels.fused_linear_cross_entropy(x, W, target)    (token chunks; the
+              cross-entropy inside the Triton matmuls)
 
 How the peak is measured:
 
@@ -15,9 +16,9 @@ How the peak is measured:
   live bytes of the tensors torch allocated in the step (the running sum, in time order, of
   the size of every allocation and free the profiler records). Memory the Triton interpreter
   uses internally (numpy copies) is not a torch allocation and is not counted. The Triton
-  kernels run in the interpreter on CPU (TRITON_INTERPRET=1, set here before triton is
-  imported), about 0.03 s per token row at V=50304: the issue's N=8192 takes ~4 minutes
-  (``--n=8192``), so the default CPU size is N=512.
+  kernels, the fused loss's matmuls included, run in the interpreter on CPU
+  (TRITON_INTERPRET=1, set here before triton is imported), about 2 s per token row at
+  V=50304 (N=512: 1,069 s on 2 shared cores, 2026-12-05), so the default CPU size is N=512.
 
 Alongside the measurement the script prints the analytic size of the largest live buffers of
 each path at the issue's size (8192 x 768 x 50304) for the chosen dtype.
@@ -101,13 +102,14 @@ def analytic(N, C, V, dtype):
         "float32 log-softmax saved for backward (N, V)": N * V * 4,
         "float32 grad of the logits in backward (N, V)": N * V * 4,
     }
-    fused_bytes = {  # on CUDA (the issue's setting): see the fused module's docstring
-        f"chunk buffer ({rows}, V) in dtype": rows * V * e,
-        "float32 grad_weight accumulator (V, C) (cuBLAS adds each chunk in: no temporary)":
+    n_tiles = -(-V // fused_mod.STAT_N)
+    fused_bytes = {  # the same on CUDA and in the interpreter: see the fused module's docstring
+        f"chunk buffer ({rows}, V) in dtype: exp(logit - tile lse)": rows * V * e,
+        f"float32 tile log-sum-exps ({rows}, {n_tiles})": rows * n_tiles * 4,
+        "float32 grad_weight accumulator (V, C) (wgrad adds each chunk in: no temporary)":
             V * C * 4,
         "grad_x (N, C) in dtype": N * C * e,
-        "backward: grad_weight in the weight's dtype (the float32 one scaled in place)":
-            V * C * e if dtype != torch.float32 else 0,
+        "backward: grad_weight scaled into a new tensor in the weight's dtype": V * C * e,
     }
     return {"N": N, "C": C, "V": V, "dtype": str(dtype).replace("torch.", ""),
             "chunk_rows": rows,

@@ -49,7 +49,6 @@ profiler's record of every CPU allocation and free, against the meter's peak of 
 """
 
 import re
-import sys
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import date
@@ -423,16 +422,10 @@ def validate(paths, dtypes=("float32", "bfloat16"), batch_size=4, block_size=64)
                          "CUDA run it as TRITON_INTERPRET=1 python -m bench.memory --validate=True")
     config = GPTConfig(**VALIDATION_CONFIG)
     rows = []
-    # the fused loss meters its CUDA path (no per-chunk temporary) unless told it is a CPU's
-    flce = sys.modules["gpt_kernels.fused_linear_cross_entropy"]
     for dtype_name in dtypes:
         for path in paths:
             dtype = DTYPES[dtype_name]
-            flce.FAKE_TENSORS_MODEL_CUDA = False
-            try:
-                metered = meter_step(config, path, batch_size, block_size, dtype)["peak_bytes"]
-            finally:
-                flce.FAKE_TENSORS_MODEL_CUDA = True
+            metered = meter_step(config, path, batch_size, block_size, dtype)["peak_bytes"]
             real = real_step_peak(config, path, batch_size, block_size, dtype)
             rows.append({"path": path, "dtype": dtype_name, "metered_bytes": metered,
                          "real_bytes": real, "error": metered / real - 1.0})

@@ -451,41 +451,82 @@ def op_linear_gelu(s, path):
               count=s.L)
 
 
-def flce_counts(s, rows, fp32_out=True, saved_gx_half=True):
-    """Kernels of ``fused_linear_cross_entropy`` (forward + backward) at x (N, C) float32
-    under autocast, weight (V, C) float32, chunks of ``rows``: a _Count.
+# The fused loss's versions (``flce_counts``): before issue 20 (128-row chunks, a (V, C) half
+# product per chunk), issue 20's cuBLAS chunks (cuBLAS matmuls around the cross-entropy
+# kernel, grad_weight accumulated by cuBLAS in float32), and the Triton matmuls with the
+# cross-entropy inside them (gpt_kernels/fused_linear_cross_entropy.py now).
+FLCE_VERSIONS = ("before", "cublas", "fused")
+FLCE_STAT_N = 128  # vocabulary columns per float32 tile log-sum-exp (the module's STAT_N)
+FLCE_GRAD_BLOCK_K = 128  # the gradient kernels' widest BLOCK_K in bf16 (dx and dW tiles)
+# Thread-instructions per element, an estimate from the kernels' source (not measured): the
+# logits epilogue (max, subtract, exp2 and its scale, sum, scale, convert, store) ~8; forming
+# dlogits = e * f - onehot * scale in a gradient kernel's operand load (convert, multiply,
+# compare, select, subtract, convert back) ~6, done C / BLOCK_K times per element per kernel.
+FLCE_EPILOGUE_INSTR = 8
+FLCE_DLOGITS_INSTR = 6
 
-    ``fp32_out``: each chunk's grad_weight product written straight into the float32
-    accumulator (cuBLAS out_dtype) rather than a (V, C) half temporary added in;
-    ``saved_gx_half``: grad_x kept in the matmul dtype rather than copied to float32. Both
-    False with 128-row chunks describe the version before issue 20. (Scaling the saved
-    gradients in place in backward saves memory, not bytes.)
+
+def flce_counts(s, rows, version="fused"):
+    """Kernels of ``fused_linear_cross_entropy`` (forward + backward) at x (N, C) float32
+    under autocast, weight (V, C) float32, no bias (GPT-2's tied lm_head), chunks of
+    ``rows``: a _Count (``flce_alu`` counts the fused kernels' non-tensor instructions).
+
+    ``version`` (FLCE_VERSIONS): "before" issue 20 (each chunk's grad_weight a fresh (V, C)
+    half product added into a zero-filled float32 accumulator, grad_x copied to float32);
+    "cublas" (issue 20: cuBLAS matmuls write the chunk's logits, the cross-entropy kernel
+    reads them twice and overwrites them with dlogits, two cuBLAS matmuls read those,
+    grad_weight accumulated in float32 by cuBLAS); "fused" (now: the logits kernel writes
+    exp(logit - tile lse) and each STAT_N-wide tile's float32 log-sum-exp, a small kernel
+    combines those into lse and the loss, dgrad and wgrad re-form dlogits from the
+    exponentials in their operand loads, wgrad adds into the float32 grad_weight in its
+    epilogue).
     """
+    if version not in FLCE_VERSIONS:
+        raise ValueError(f"version must be one of {FLCE_VERSIONS}, got {version!r}")
     N, C, V, e = s.N, s.C, s.V, s.e
+    T = -(-V // FLCE_STAT_N)  # vocabulary tiles
     c = _Count()
     c.k("cast x, W", (N * C + V * C) * 4, (N * C + V * C) * e, 2)
     c.k("n_valid scale", N * 8, 4, 3)
-    if not fp32_out:
+    if version == "before":
         c.k("zero grad_weight", 0, V * C * 4)
     for start in range(0, N, rows):
         n = min(rows, N - start)
+        rows_in = n * (8 + 4)  # per row: the int64 target and a float32 (lse or target logit)
+        if version == "fused":
+            c.k("logits (+ tile lse, exp)", n * C * e + V * C * e + n * 8,
+                n * V * e + n * T * 4 + n * 4)
+            c.k("lse + loss", n * T * 4 + rows_in, 2 * n * 4)
+            c.k("grad_x (dlogits in the loads)", n * V * e + V * C * e + n * T * 4 + rows_in,
+                n * C * e)
+            c.k("grad_weight += (dlogits in the loads)",
+                n * V * e + n * C * e + n * T * 4 + rows_in + (V * C * 4 if start else 0),
+                V * C * 4)
+            continue
         _mm(c, "logits", n, C, V, e)
         c.k("cross-entropy (2 sweeps + grad)", 2 * n * V * e + n * 8, n * V * e + n * 8)
         _mm(c, "grad_x", n, V, C, e)
-        if not saved_gx_half:
+        if version == "before":
             c.k("grad_x to float32", n * C * e, n * C * 4)
-        if fp32_out:
-            c.k("grad_weight += (fp32 out)", n * V * e + n * C * e + (V * C * 4 if start else 0),
-                V * C * 4)
-        else:
             _mm(c, "grad_weight product", V, n, C, e)
             c.k("grad_weight +=", V * C * (e + 4), V * C * 4)
+        else:
+            c.k("grad_weight += (fp32 out)", n * V * e + n * C * e + (V * C * 4 if start else 0),
+                V * C * 4)
     c.k("loss sum", N * 4, 4)
     # backward: scale the saved gradients by upstream x 1/n_valid
     c.k("grad scalar", 8, 4)
-    c.k("grad_x * g", N * C * (e if saved_gx_half else 4), N * C * 4)
+    c.k("grad_x * g", N * C * (4 if version == "before" else e), N * C * 4)
     c.k("grad_weight * g", V * C * 4, V * C * 4)
     return c
+
+
+def flce_alu(s):
+    """Thread-instructions outside the tensor cores of the "fused" version: each logit's
+    epilogue once, and dlogits formed C / BLOCK_K times in each of the two gradient kernels."""
+    per_element = (FLCE_EPILOGUE_INSTR
+                   + 2 * -(-s.C // FLCE_GRAD_BLOCK_K) * FLCE_DLOGITS_INSTR)
+    return s.N * s.V * per_element
 
 
 FLCE_CHUNK_BUDGET = 256 * 2**20  # gpt_kernels.fused_linear_cross_entropy.CHUNK_BUDGET_BYTES
@@ -501,7 +542,9 @@ def flce_rows(s):
 def op_loss(s, path):
     """lm_head + cross-entropy over (N, V) logits.
 
-    triton: ``fused_linear_cross_entropy`` (flce_counts): chunks of flce_rows(s) rows.
+    triton: ``fused_linear_cross_entropy`` (flce_counts, "fused"; "before" with
+    ``s.flce == "before"``): chunks of flce_rows(s) rows, the cross-entropy inside the
+    Triton matmuls, whose dlogits formation is the ``alu`` term (flce_alu).
     eager: F.linear writes the bf16 (N, V) logits, autocast runs F.cross_entropy in float32:
     cast to float32, log_softmax (saved), nll; backward: nll's gradient (a float32 (N, V)
     zero-fill + scatter), log_softmax backward, cast to bf16, dgrad, wgrad.
@@ -511,10 +554,12 @@ def op_loss(s, path):
     N, C, V, e = s.N, s.C, s.V, s.e
     flops = linear_flops(N, C, V)
     minimum = (N * C + V * C) * 4 + N * C * 4 + V * C * 4  # x, W in; dx, dW out
+    alu = 0.0
     if path == "triton" and s.flce == "before":
-        c = flce_counts(s, 128, fp32_out=False, saved_gx_half=False)
+        c = flce_counts(s, 128, "before")
     elif path == "triton":
         c = flce_counts(s, flce_rows(s))
+        alu = flce_alu(s)
     else:
         c = _Count()
         c.k("cast W", V * C * 4, V * C * e)
@@ -533,7 +578,7 @@ def op_loss(s, path):
         _mm(c, "dgrad", N, V, C, e)
         _mm(c, "wgrad", V, N, C, e)
         c.k("dW to float32", V * C * e, V * C * 4)
-    return Op("lm_head + cross-entropy", flops, minimum, c.bytes, c.launches)
+    return Op("lm_head + cross-entropy", flops, minimum, c.bytes, c.launches, alu=alu)
 
 
 def op_embedding(s, path):

@@ -5,9 +5,9 @@ vocabulary of 50257/50304 does not fit one block), keeping a running max ``m`` a
 sum ``s = sum(exp(x - m))`` in float32, so ``lse = m + log(s)`` is exact for |logits| ~ 1e4
 whatever the logits' dtype. When a gradient is wanted, a second sweep over the same row writes
 ``(softmax - onehot(target)) * scale`` into a gradient buffer in that same launch. The buffer
-is one this module allocated (or, for the fused linear cross-entropy, the chunk-logits buffer
-that module allocated: each program reads an element before it overwrites it, so the buffer
-may alias the logits); never the caller's logits.
+is one the launcher's caller allocated; it may alias the logits (each program reads an
+element before it overwrites it), never the caller's logits. (The fused linear cross-entropy
+used that aliasing before its cross-entropy moved into its own matmul kernels.)
 
 Backward (``_cross_entropy_bwd``) multiplies the saved ``softmax - onehot`` by the upstream
 gradient (one scalar for "mean"/"sum", one value per row for "none") and the reduction's scale

@@ -1,19 +1,34 @@
-"""Fused linear cross-entropy: ``cross_entropy(x @ weight.T + bias, target)`` in token chunks.
+"""Fused linear cross-entropy: ``cross_entropy(x @ weight.T + bias, target)``, the
+cross-entropy inside the matmuls.
 
 The lm_head of GPT-2 at training sizes (N = 8192 tokens, V = 50304) would produce 412M logits:
 1.6 GB in float32, and ``F.cross_entropy`` keeps a float32 log-softmax of the same size for its
 backward. Here the tokens go through in chunks of ``chunk_rows(N, V, C, itemsize)`` rows, as
-many as ``CHUNK_BUDGET_BYTES`` (256 MiB) of logits hold (all N when they fit); for each chunk
+many as ``CHUNK_BUDGET_BYTES`` (256 MiB) of logits hold (all N when they fit), and each chunk
+takes four Triton launches:
 
-1. the chunk's logits are one matmul (torch / cuBLAS, as Liger-Kernel does) into a
-   ``(rows, V)`` buffer this module allocated once and reuses for every chunk;
-2. the Triton cross-entropy kernel (``gpt_kernels/cross_entropy.py``) computes the chunk's loss and,
-   in the same launch, overwrites that buffer with ``softmax - onehot`` (each program reads a
-   logit before it writes its gradient, so the aliasing is safe);
-3. two more matmuls turn that into the chunk's rows of ``grad_x`` (written in place, in the
-   matmul dtype) and its contribution to ``grad_weight``, which cuBLAS adds straight into
-   the float32 accumulator (``torch.addmm(..., out_dtype=torch.float32)``, CUDA, torch >= 2.8;
-   the first chunk overwrites it, so nothing is zero-filled); ``grad_bias`` is a column sum.
+1. ``_flce_logits``: the chunk's logits x @ W^T (+ bias), tiled over (rows, vocabulary) in
+   grouped order, K loop over C. Its epilogue works on the float32 accumulator: the
+   log-sum-exp of each row over the tile's ``STAT_N`` = 128 columns (one float32 per row
+   and tile), the target's logit where the tile holds the target, and, when a gradient is
+   wanted, the softmax within the tile, exp(logit - tile lse), stored in the matmul dtype
+   into a (rows, V) buffer allocated once for all chunks.
+2. ``_flce_lse``: each row's lse from its tile log-sum-exps, and its loss, lse - target
+   logit (0 for an ignored row). Nothing reads the (rows, V) buffer to normalise it.
+3. ``_flce_dx`` (dgrad): the chunk's rows of grad_x = dlogits @ W. dlogits is formed in the
+   operand loads: softmax = e * exp(tile lse - lse) (one exp per row and tile, a multiply
+   per element), minus the one-hot target, times the row's scale (0 for ignored rows).
+4. ``_flce_dw`` (wgrad): grad_weight (V, C) float32 (+)= dlogits^T @ x with the same
+   prologue, the float32 sum over chunks in its epilogue (load, add, store; the first
+   chunk stores without loading, so nothing is zero-filled), grad_bias the column sums of
+   the float32 dlogits in the same loop (K-tile 0 writes them).
+
+The buffer holds exp(logit - tile lse), not the logit: the gradient kernels then spend a
+multiply per element instead of an exp, and a value in (0, 1] keeps its dtype's whole
+relative precision, where a bf16 logit of 10 is off by up to 0.02 (2% in its softmax). Each
+gradient kernel re-forms a dlogits element once per output tile it feeds (C / BLOCK_K times:
+6 at BLOCK_K = 128), about 6 instructions each; the alternative, a stored dlogits, would be
+another write and read of the (rows, V) buffer.
 
 So for "mean" and "sum" the forward already holds every gradient up to the scalar upstream
 gradient, and backward only scales them (three matmuls in all, as in an unfused lm_head; the
@@ -21,66 +36,101 @@ logits are never recomputed). What backward needs is stored, not recomputed: ``g
 and ``grad_weight`` (V, C) float32, ``grad_bias`` (V,) float32, far smaller than (N, V) logits.
 
 For "none" the upstream gradient differs per row and must weight each row of
-``softmax - onehot`` before the ``grad_weight`` matmul sums over rows, so the forward computes
-the loss only and backward runs the chunk loop again with the per-row gradient as the kernel's
-scale (one extra lm_head matmul, still no (N, V) tensor).
+``softmax - onehot`` before the wgrad kernel sums over rows, so the forward computes the loss
+only (no (rows, V) buffer: the logits kernel stores no exponentials) and backward runs the
+chunk loop again with the per-row gradient as the gradient kernels' scale (one extra lm_head
+matmul, still no (N, V) tensor).
+
+One path: the version before this one (cuBLAS matmuls around the cross-entropy kernel of
+``gpt_kernels/cross_entropy.py``, which overwrote the chunk's logits with dlogits) is gone.
+On a CPU these kernels run in Triton's interpreter (CI), where ``tl.dot`` on bfloat16 is wrong:
+there the kernels upcast bfloat16 dot operands to float32 (exact products, float32 sums, as the
+tensor cores give).
 
 Dtypes: the matmuls run in the dtype the public function was given, or in the autocast dtype
-when autocast is on (as ``F.linear`` would); loss and log-sum-exp are float32. The reduction's
-``1/n_valid`` and the upstream gradient are applied to the float32 accumulators, not to the
-low-precision chunk buffer (in float16, ``softmax / 8192`` would flush to zero). Gradients come
+when autocast is on (as ``F.linear`` would); loss and log-sum-exps are float32. The reduction's
+``1/n_valid`` and the upstream gradient are applied to the float32 accumulators, not to
+low-precision dlogits (in float16, ``softmax / 8192`` would flush to zero). Gradients come
 back in each input's own dtype: float32 parameters under autocast get float32 gradients from
 the float32 accumulators, not a bfloat16 copy.
 
-TF32: none of our own. On the float32 path the matmuls are ``torch.mm`` and follow torch's
-setting ``torch.backends.cuda.matmul.allow_tf32``: off by default (IEEE float32, what the tests
-check), on in ``train.py``'s CUDA runs, where the lm_head matmuls then use TF32 exactly as an
-unfused ``F.linear`` would. The cross-entropy kernel has no matmul.
+TF32: float32 operands use IEEE dots unless torch's float32 matmul precision allows TF32 on a
+GPU (``linear_gelu._dot_precision``): off by default (what the tests check), on in
+``train.py``'s CUDA runs (``allow_tf32``), where an unfused ``F.linear`` would use TF32 too.
 
 Bytes and launches per step (GPT-2: N = 8192, C = 768, V = 50304, bf16 under autocast; every
 operand counted at each kernel that reads it, no L2 credit; ``bench.roofline.flce_counts``
-computes them and tests/test_roofline.py checks them). FLOPs are the same before and after:
+computes them and tests/test_roofline.py checks them). FLOPs are the same in every version:
 3 x 2NCV = 1.90 TFLOP, 2.4 ms at 790 TFLOP/s.
 
 - before issue 20: 64 chunks of 128 rows, each chunk's grad_weight a fresh (V, C) bf16
-  product (77 MB) added into float32 (read 232 MB, write 155 MB), a zero-fill, grad_x copied
-  to float32: 45.4 GB and 394 launches (13.5 ms at 3.35 TB/s).
-- now: 4 chunks of 2048 rows; grad_weight read + written once per chunk after the first
-  (cuBLAS float32 output), grad_x stored by its matmul: 7.3 GB and 25 launches (2.2 ms at
-  3.35 TB/s). Of these, 4.1 GB are the (N, V) bf16 logits themselves (written by the matmul,
-  read twice and overwritten by the cross-entropy kernel, read by the two gradient matmuls);
-  the 5 GB target needs the cross-entropy fused into the matmuls' epilogue, not done here.
-  Where torch has no float32-output matmul for half operands (CPU torch) each chunk's product
-  is a half temporary added in float32, as before.
+  product (77 MB) added into float32, a zero-fill, grad_x copied to float32: 45.4 GB and
+  394 launches (13.5 ms at 3.35 TB/s).
+- issue 20, cuBLAS chunks: 4 chunks of 2048 rows, grad_weight accumulated in float32 by
+  cuBLAS: 7.3 GB and 25 launches (2.2 ms at 3.35 TB/s), 4.1 GB of them the (N, V) bf16 logits
+  (written by the matmul, read twice and overwritten by the cross-entropy kernel, read by
+  the two gradient matmuls).
+- now: the same chunks; the (N, V) exponentials are written once (824 MB) and read twice
+  (dgrad, wgrad: 1.65 GB); the float32 tile log-sum-exps (12.9 MB) written once and read
+  three times: 4.9 GB and 25 launches (per chunk logits, lse, dgrad, wgrad; 1.46 ms at
+  3.35 TB/s, under the 2.4 ms of the matmuls). The dlogits formation, ~33 G
+  thread-instructions by the roofline's estimate (1.0 ms of an H100's non-tensor issue
+  rate), runs beside the tensor cores. Unmeasured on a GPU.
 
-Memory (GPT-2 sizes, bf16 under autocast): one 2048 x 50304 chunk buffer (206 MB), float32
-``grad_weight`` (155 MB), bf16 ``grad_x`` (12.6 MB), the bf16 copies of x and weight
-autocast needs (90 MB). Backward scales the saved gradients by the upstream gradient into
-new tensors (the saved ones are outputs of the forward op, which must not change after it
-returned: opcheck and torch.compile compare them), so backward twice gives the same answer.
+Memory (GPT-2 sizes, bf16 under autocast): the 2048 x 50304 chunk buffer (206 MB) as before,
+float32 ``grad_weight`` (155 MB), bf16 ``grad_x`` (12.6 MB), the float32 tile log-sum-exps
+(2048 x 393: 3.2 MB, new), and the bf16 copies of x and weight autocast needs (90 MB): 3.2 MB
+(0.9%) more than the cuBLAS chunks when a gradient is wanted, and no chunk buffer (206 MB
+less) when none is (``torch.no_grad()``, evaluation, the "none" forward). Backward scales
+the saved gradients by the upstream gradient into new tensors (the saved ones are outputs
+of the forward op, which must not change after it returned: opcheck and torch.compile
+compare them), so backward twice gives the same answer.
+
+Compiled for sm_80 and sm_90 by Triton 3.9.0 (``python -m tools.compile_report
+--ops=fused_linear_cross_entropy``, every config each autotuner offers at every preset's
+lm_head, bf16 / fp16 / fp32 / fp32-tf32; bench/results/compile-3.9.0-2026-12-04.json): 88
+compiles, none failing, spilling or over shared memory. Registers per thread: logits 162-218,
+lse 26-32, dgrad 80-252, wgrad 108-255 (the IEEE float32 FMA tiles on sm_80); shared memory
+at most 97 KB (sm_90), within every shared-memory estimate the pruning uses; the bf16, fp16
+and TF32 dots compile to tensor-core instructions (HMMA on sm_80, HGMMA on sm_90). Each
+table entry below gives its own figures.
+
+Not measured: no GPU ran this version. A 2048-row chunk gives dgrad 96 tiles of 128 x 128
+(C = 768) for 132 SMs; the autotuner may take the 64-row tiles (192) instead, and a
+split over the vocabulary is the next step if a GPU run shows dgrad short of the matmul rate.
 """
 
+import os
 from typing import Optional
 
 import torch
 import triton
+import triton.language as tl
 from torch import Tensor
 
-from gpt_kernels import reference
-from gpt_kernels._library import define_op, use_triton
+from gpt_kernels import _autotune, reference
+from gpt_kernels._library import define_op, launch, use_triton
 from gpt_kernels._validate import check_fused_linear_cross_entropy
-from gpt_kernels.cross_entropy import cross_entropy_forward, reduce_loss, reduction_scale
+from gpt_kernels.cross_entropy import reduce_loss, reduction_scale
+from gpt_kernels.linear_gelu import _dot_precision, _grouped_tile, _m_bucket
 
-__all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_forward",
-           "flce_backward_none", "flce_fwd", "flce_bwd_none"]
+__all__ = ["fused_linear_cross_entropy", "chunk_rows", "flce_pass", "flce_logits", "flce_lse",
+           "flce_grad_x", "flce_grad_weight", "flce_forward", "flce_backward_none", "flce_fwd",
+           "flce_bwd_none", "STAT_N"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # The chunk buffer's default budget. 256 MiB holds 2048 rows of GPT-2's 50304 bf16 logits: at
-# N = 8192 four chunks, so the float32 grad_weight is read and written 3 times instead of 63,
-# and the step's metered peak (python -m bench.memory) stays below the 128-row version's
-# (see the module docstring: the backward no longer copies the saved gradients).
+# N = 8192 four chunks, so the float32 grad_weight is read and written 3 times instead of 63.
 CHUNK_BUDGET_BYTES = 256 * 2**20
 _MIN_CHUNK_ROWS = 64
 _ROW_MULTIPLE = 64  # chunk heights rounded to a matmul tile when the budget allows it
+
+# Vocabulary columns per tile log-sum-exp: the logits kernel's BLOCK_N in every config. It is
+# fixed because the (rows, cdiv(V, STAT_N)) float32 statistics buffer is allocated before the
+# autotuner picks a config; the gradient kernels' vocabulary tiles divide it, so each of their
+# tiles lies inside one statistics tile.
+STAT_N = 128
 
 
 def chunk_rows(N, V, C, itemsize=2, budget=None):
@@ -105,63 +155,476 @@ def chunk_rows(N, V, C, itemsize=2, budget=None):
     return min(N, rounded if rounded <= fit else even)
 
 
-_FP32_OUT = {}  # device type -> whether torch.addmm(..., out_dtype=torch.float32) runs there
-# The memory meter (bench/memory.py) stands fake CPU tensors in for a GPU step, so fake tensors
-# answer as CUDA does; its check against real CPU allocations sets this False (both sides then
-# take the CPU path).
-FAKE_TENSORS_MODEL_CUDA = True
+# --------------------------------------------------------------------------- autotuning
+#
+# Tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel and operand type ("16"
+# for fp16/bf16, "tf32" and "ieee" for float32: see linear_gelu._dot_precision). BLOCK_M is
+# always the chunk's rows, BLOCK_N the vocabulary, BLOCK_K the hidden size C. Every entry
+# compiles for sm_80 and sm_90 at GPT-2's lm_head (2048-row chunks, C = 768, V = 50304)
+# without spilling and within shared memory (python -m tools.compile_report; "regs" is the
+# larger of the two chips' counts, KB the shared memory sm_90 allocates where it is large).
+
+_LOGITS_TILES = {  # logits = x @ W^T with the log-sum-exp epilogue; BLOCK_N is STAT_N
+    "16": [
+        (128, 128, 64, 8, 3),  # the large tile of linear_gelu's forward: 199 regs, 96 KB
+        (64, 128, 64, 4, 3),  # half as tall: more programs for short chunks; 199 regs
+        (64, 128, 32, 4, 4),  # deeper pipeline, 48 KB; 218 regs
+        # out: (128, 128, 32, 4, 4) spills 352 B (sm_80) / 528 B (sm_90): the epilogue's exp
+    ],
+    "tf32": [
+        (128, 128, 32, 8, 3),  # 197 regs, 96 KB
+        (64, 128, 32, 4, 3),  # 196 regs
+    ],
+    "ieee": [  # FMA loops: each thread holds its operands
+        (64, 128, 16, 4, 3),  # 168 regs
+        (32, 128, 32, 4, 3),  # 210 regs
+    ],
+}
+_DX_TILES = {  # dx = dlogits @ W: dx tiles BLOCK_M x BLOCK_K, BLOCK_N the reduction over V.
+    # Wide BLOCK_K: each program re-forms its dlogits tile from the stored exponentials, so
+    # every element is formed C / BLOCK_K times (6 at BLOCK_K = 128)
+    "16": [
+        (128, 64, 128, 8, 3),  # a 128 x 128 dx tile: 242 regs, 97 KB
+        (64, 64, 128, 4, 3),  # twice the programs (a 2048-row chunk has 96 128 x 128 tiles)
+        # at C = 768: 222 regs
+        (64, 32, 256, 8, 3),  # dlogits formed 3 times per element, not 6: 153 regs
+    ],
+    "tf32": [
+        (128, 32, 128, 8, 3),  # 178 regs, 97 KB
+        (64, 32, 128, 4, 3),  # 174 regs
+    ],
+    "ieee": [
+        (64, 32, 64, 8, 3),  # 108 regs
+        (32, 32, 128, 4, 3),  # 252 regs, no spill
+        (32, 32, 64, 4, 3),  # 96 regs
+        # out: (64, 32, 64, 4, 3) spills 36 B on sm_80
+    ],
+}
+_DW_TILES = {  # dW (+)= dlogits^T @ x: dW tiles BLOCK_N x BLOCK_K, BLOCK_M the reduction
+    "16": [
+        (32, 128, 128, 8, 3),  # a 128 x 128 dW tile, 32 rows a step: 186 regs, 64 KB
+        (32, 64, 128, 4, 3),  # 180 regs
+        (64, 128, 128, 8, 3),  # 64 rows a step: 186 regs, 91 KB
+    ],
+    "tf32": [
+        (32, 128, 128, 8, 3),  # 182 regs, 97 KB
+        (32, 64, 128, 4, 3),  # 182 regs
+    ],
+    "ieee": [
+        (32, 64, 64, 4, 3),  # 255 regs, no spill
+        (32, 32, 128, 4, 3),  # 254 regs, no spill
+        (16, 128, 64, 4, 3),  # 168 regs
+        # out (sm_80 spills): (32, 128, 128, 8, 3) 216 B, (32, 64, 128, 8, 3) 124 B,
+        # (32, 128, 64, 8, 3) 140 B
+    ],
+}
+_NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+# the interpreter's one config per kernel: wide vocabulary tiles, few loop trips
+_INTERPRET_TILES = {"logits": (32, STAT_N, 32), "dx": (32, STAT_N, 64), "dw": (32, STAT_N, 64)}
 
 
-def _fp32_out_matmul(t):
-    """Whether half-precision operands can be multiplied straight into a float32 tensor
-    (``torch.addmm(out_dtype=torch.float32)``, cuBLAS with a float32 C/D; CUDA on torch >=
-    2.8). Probed once per device type. Fake and meta tensors (the memory meter) answer for
-    CUDA: the meter models the GPU step."""
-    from torch._subclasses.fake_tensor import is_fake
+# Each estimate is the larger of the main loop's buffers and the epilogue's: the float32
+# output tile may pass through shared memory on its way to the store, reusing the pipeline's
+# buffers (sm_90 compiles the (32, 128, 128) wgrad tile into 64 KB: its 128 x 128 float32
+# tile, more than its 56 KB of operand buffers).
 
-    if t.is_meta or is_fake(t):
-        if not FAKE_TENSORS_MODEL_CUDA:
-            return False
-        if t.device.type == "cuda" and not torch.cuda.is_available():
-            return False  # fake CUDA tensors in a CPU-only torch (the compile report) cannot
-            # run its decomposition; only the kernel launches are looked at there
-        return _FP32_OUT.get("cuda", hasattr(torch.ops.aten.addmm, "dtype_out"))
-    kind = t.device.type
-    if kind not in _FP32_OUT:
-        try:
-            a = torch.ones(2, 2, dtype=torch.bfloat16, device=t.device)
-            c = torch.ones(2, 2, dtype=torch.float32, device=t.device)
-            torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
-            _FP32_OUT[kind] = bool((c == 3).all())
-        except (RuntimeError, TypeError, NotImplementedError):
-            _FP32_OUT[kind] = False
-    return _FP32_OUT[kind]
+def _smem_logits(cfg, nargs, kwargs):
+    """num_stages buffers of an x tile (BM x BK) and a W tile (BK x BN), or the float32
+    logits tile (BM x BN)."""
+    k = cfg.kwargs
+    loop = cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * nargs["X"].element_size()
+    return max(loop, k["BLOCK_M"] * k["BLOCK_N"] * 4)
 
 
-def _accumulate_weight_grad(grad_weight, dlogits, x_chunk, first):
-    """grad_weight (V, C) float32 (+)= dlogits.T @ x_chunk: (V, n) @ (n, C).
+def _smem_dx(cfg, nargs, kwargs):
+    """num_stages buffers of an exponentials tile (BM x BN) and a W tile (BN x BK), and the
+    dlogits tile formed in registers, which reaches the dot through shared memory; or the
+    float32 dx tile (BM x BK)."""
+    k = cfg.kwargs
+    loop = ((cfg.num_stages * (k["BLOCK_M"] + k["BLOCK_K"]) + k["BLOCK_M"]) * k["BLOCK_N"]
+            * nargs["W"].element_size())
+    return max(loop, k["BLOCK_M"] * k["BLOCK_K"] * 4)
 
-    float32 operands: ``addmm_`` (the first chunk ``mm`` into it: no zero-fill). Half
-    operands: cuBLAS writes the float32 accumulator directly (``out_dtype``), so no (V, C)
-    temporary exists and each chunk reads + writes grad_weight once (310 MB at GPT-2's size).
-    Where that is not available (CPU torch) the half product is a temporary added into the
-    zero-filled float32 accumulator, as before issue 20.
+
+def _smem_dw(cfg, nargs, kwargs):
+    """num_stages buffers of an exponentials tile (BN x BM) and an x tile (BM x BK), and the
+    dlogits tile formed in registers; or the float32 dW tile (BN x BK)."""
+    k = cfg.kwargs
+    loop = ((cfg.num_stages * (k["BLOCK_N"] + k["BLOCK_K"]) + k["BLOCK_N"]) * k["BLOCK_M"]
+            * nargs["X"].element_size())
+    return max(loop, k["BLOCK_N"] * k["BLOCK_K"] * 4)
+
+
+def _configs(tables, kernel):
+    """Every tile of ``tables``; under TRITON_INTERPRET=1 exactly one (the interpreter cannot
+    benchmark a choice)."""
+    if _INTERPRET:
+        m, n, k = _INTERPRET_TILES[kernel]
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 4},
+                              num_warps=4, num_stages=1)]
+    return _autotune.configs_from(tables, _NAMES, GROUP_M=8)
+
+
+def _prune(tables, smem, operand):
+    """The tiles for the dtype of tensor ``operand`` (and the dot precision for float32)
+    that fit the GPU's shared memory."""
+    if _INTERPRET:
+        return None
+
+    def choose(nargs, kwargs):
+        kind = "16" if nargs[operand].element_size() == 2 else kwargs["DOT_PRECISION"]
+        return tables[kind]
+
+    return _autotune.Prune(_NAMES, choose, smem, operand)
+
+
+# --------------------------------------------------------------------------- kernels
+
+@_autotune.autotune(configs=_configs(_LOGITS_TILES, "logits"),
+                    key=["M_BUCKET", "V", "C", "DOT_PRECISION"],
+                    prune=_prune(_LOGITS_TILES, _smem_logits, "X"))
+@triton.jit
+def _flce_logits(
+    X, stride_xm, stride_xk,  # (n, C) the chunk's rows
+    W, stride_wv, stride_wk,  # (V, C) weight
+    B,  # (V,) bias, read only when HAS_BIAS
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    E, stride_em,  # (n, V) out, unit column stride: exp(logit - tile lse), when STORE_E
+    TILE_LSE,  # (n, n_tiles) float32 out: log-sum-exp of each row's STAT_N-wide vocab tile
+    TARGET_LOGIT,  # (n,) float32 out: the target's logit (rows with an ignored target: unset)
+    n, V, C, n_tiles,
+    M_BUCKET,  # n rounded up to a power of two: the autotune key (linear_gelu._m_bucket)
+    HAS_BIAS: tl.constexpr,
+    STORE_E: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # logits tile = x @ W^T (float32 accumulator), then the epilogue turns it into the
+    # tile's log-sum-exp statistics, so no later pass reads the logits to normalise them
+    pid_m, pid_v = _grouped_tile(tl.program_id(0), tl.cdiv(n, BLOCK_M), tl.cdiv(V, BLOCK_N),
+                                 GROUP_M)
+    # int64 indices: row * stride passes 2^31 once n * V does
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_v = pid_v.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < n
+    v_ok = offs_v < V
+    x_ptrs = X + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
+    w_ptrs = W + offs_v[None, :] * stride_wv + offs_k[:, None] * stride_wk  # (BK, BN) of W^T
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        k_ok = (k0 + offs_k) < C
+        a = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=k_ok[:, None] & v_ok[None, :], other=0.0)
+        if UPCAST:  # the interpreter's tl.dot is wrong on bfloat16: exact float32 products
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        acc += tl.load(B + offs_v, mask=v_ok, other=0.0).to(tl.float32)[None, :]
+
+    # the tile's log-sum-exp, from the float32 logits; columns past V carry no probability
+    acc = tl.where(v_ok[None, :], acc, float("-inf"))
+    tile_max = tl.max(acc, axis=1)  # finite: every tile holds at least one column < V
+    e = tl.exp(acc - tile_max[:, None])  # in (0, 1], 1 at the max
+    tile_sum = tl.sum(e, axis=1)  # in [1, BLOCK_N]
+    tl.store(TILE_LSE + offs_m * n_tiles + pid_v, tile_max + tl.log(tile_sum), mask=m_ok)
+    # the target's logit, from the one tile that holds its column
+    target = tl.load(TARGET + offs_m * stride_t, mask=m_ok, other=-1).to(tl.int64)
+    first = pid_v.to(tl.int64) * BLOCK_N
+    mine = m_ok & (target >= first) & (target < first + BLOCK_N)
+    hit = offs_v[None, :] == target[:, None]
+    tl.store(TARGET_LOGIT + offs_m, tl.sum(tl.where(hit, acc, 0.0), axis=1), mask=mine)
+    if STORE_E:
+        # the softmax within the tile, exp(logit - tile lse), rather than the logit: the
+        # gradient kernels then need one multiply per element, not an exp, and a value in
+        # (0, 1] keeps the dtype's full relative precision (a bf16 logit of 10 is off by up
+        # to 0.02, i.e. 2% in its softmax)
+        e = e * (1.0 / tile_sum)[:, None]
+        tl.store(E + offs_m[:, None] * stride_em + offs_v[None, :],
+                 e.to(E.dtype.element_ty), mask=m_ok[:, None] & v_ok[None, :])
+
+
+@triton.jit
+def _flce_lse(
+    TILE_LSE,  # (n, n_tiles) float32 tile log-sum-exps from _flce_logits
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    TARGET_LOGIT,  # (n,) float32 target logits (unset where the target is ignored)
+    LSE,  # (n,) float32 out: log-sum-exp of each row
+    LOSS,  # (n,) float32 out: lse - target logit, 0 for ignored rows
+    n_tiles, ignore_index,
+    BLOCK_T: tl.constexpr,
+):
+    # a row's lse is the log-sum-exp of its tiles' ones: M + log(sum_t exp(l_t - M)),
+    # M = max_t l_t, accumulated online over blocks of tiles
+    row = tl.program_id(0).to(tl.int64)  # int64: row * n_tiles for long chunks
+    offs = tl.arange(0, BLOCK_T)
+    m = float("-inf")
+    s = 0.0
+    for t0 in range(0, n_tiles, BLOCK_T):
+        ok = (t0 + offs) < n_tiles
+        lt = tl.load(TILE_LSE + row * n_tiles + t0 + offs, mask=ok, other=float("-inf"))
+        m_new = tl.maximum(m, tl.max(lt, axis=0))  # finite from the first block on
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(lt - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+    valid = tl.load(TARGET + row * stride_t) != ignore_index
+    x_target = tl.load(TARGET_LOGIT + row)
+    tl.store(LSE + row, lse)
+    tl.store(LOSS + row, tl.where(valid, lse - x_target, 0.0))
+
+
+@triton.jit
+def _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, rows, ok, ignore_index):
+    """Per row: (target, scale, lse); scale 0 for ignored rows and rows past the chunk."""
+    target = tl.load(TARGET + rows * stride_t, mask=ok, other=0).to(tl.int64)
+    scale = tl.load(SCALE + rows * stride_s, mask=ok, other=0.0).to(tl.float32)
+    scale = tl.where(ok & (target != ignore_index), scale, 0.0)
+    lse = tl.load(LSE + rows, mask=ok, other=0.0)
+    return target, scale, lse
+
+
+@_autotune.autotune(configs=_configs(_DX_TILES, "dx"), key=["M_BUCKET", "V", "C", "DOT_PRECISION"],
+                    prune=_prune(_DX_TILES, _smem_dx, "W"))
+@triton.jit
+def _flce_dx(
+    E, stride_em,  # (n, V) exp(logit - tile lse), unit column stride
+    TILE_LSE,  # (n, n_tiles) float32 tile log-sum-exps
+    LSE,  # (n,) float32
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    SCALE, stride_s,  # (n,) float32 gradient of each row's loss; stride 0 broadcasts one
+    W, stride_wv, stride_wk,  # (V, C) weight
+    DX, stride_dxm, stride_dxk,  # (n, C) out: dlogits @ W in W's dtype
+    n, V, C, n_tiles, ignore_index,
+    M_BUCKET,  # n rounded up to a power of two: the autotune key
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    STAT_WIDTH: tl.constexpr,  # STAT_N; BLOCK_N divides it
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # dx tiles (BLOCK_M, BLOCK_K), the reduction over V. The programs of one row band are
+    # neighbours (K-tiles innermost), so they stream the same exponentials through L2.
+    pid_k, pid_m = _grouped_tile(tl.program_id(0), tl.cdiv(C, BLOCK_K), tl.cdiv(n, BLOCK_M),
+                                 GROUP_M)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: see _flce_logits
+    offs_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_v = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < n
+    k_ok = offs_k < C
+    target, scale, lse = _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, offs_m, m_ok,
+                                    ignore_index)
+    e_ptrs = E + offs_m[:, None] * stride_em + offs_v[None, :]  # (BM, BN)
+    w_ptrs = W + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wk  # (BN, BK)
+    stat_ptrs = TILE_LSE + offs_m * n_tiles
+
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_N):
+        v_ok = (v0 + offs_v) < V
+        # softmax = e * exp(tile lse - lse): one exp per row and tile, not per element
+        f = tl.exp(tl.load(stat_ptrs + v0 // STAT_WIDTH, mask=m_ok, other=0.0) - lse) * scale
+        e = tl.load(e_ptrs, mask=m_ok[:, None] & v_ok[None, :], other=0.0).to(tl.float32)
+        hit = (v0 + offs_v)[None, :] == target[:, None]
+        d = (e * f[:, None] - tl.where(hit, scale[:, None], 0.0)).to(W.dtype.element_ty)
+        w = tl.load(w_ptrs, mask=v_ok[:, None] & k_ok[None, :], other=0.0)
+        if UPCAST:
+            d = d.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(d, w, acc, input_precision=DOT_PRECISION)
+        e_ptrs += BLOCK_N
+        w_ptrs += BLOCK_N * stride_wv
+
+    tl.store(DX + offs_m[:, None] * stride_dxm + offs_k[None, :] * stride_dxk,
+             acc.to(DX.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@_autotune.autotune(configs=_configs(_DW_TILES, "dw"), key=["M_BUCKET", "V", "C", "DOT_PRECISION"],
+                    prune=_prune(_DW_TILES, _smem_dw, "X"))
+@triton.jit
+def _flce_dw(
+    E, stride_em,  # (n, V) exp(logit - tile lse), unit column stride
+    TILE_LSE,  # (n, n_tiles) float32 tile log-sum-exps
+    LSE,  # (n,) float32
+    TARGET, stride_t,  # (n,) class ids or ignore_index
+    SCALE, stride_s,  # (n,) float32 gradient of each row's loss; stride 0 broadcasts one
+    X, stride_xm, stride_xk,  # (n, C) the chunk's rows
+    DW, stride_dwv, stride_dwk,  # (V, C) float32 accumulator, written when WRITE_DW
+    DB,  # (V,) float32 accumulator of the bias gradient, written when HAS_BIAS
+    n, V, C, n_tiles, ignore_index,
+    M_BUCKET,  # n rounded up to a power of two: the autotune key
+    HAS_BIAS: tl.constexpr,
+    WRITE_DW: tl.constexpr,
+    ACCUMULATE: tl.constexpr,  # add to DW / DB (a later chunk) or overwrite them (the first)
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    STAT_WIDTH: tl.constexpr,  # STAT_N; BLOCK_N divides it
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # dW tiles (BLOCK_N, BLOCK_K), the reduction over the chunk's rows; the programs of one
+    # vocabulary band are neighbours (K-tiles innermost) and share its exponentials in L2.
+    # Without WRITE_DW (only the bias is trained) one program per vocabulary band.
+    if WRITE_DW:  # at least one K-tile: with C == 0 it still writes dbias
+        pid_k, pid_v = _grouped_tile(tl.program_id(0), tl.maximum(tl.cdiv(C, BLOCK_K), 1),
+                                     tl.cdiv(V, BLOCK_N), GROUP_M)
+    else:
+        pid_k = 0
+        pid_v = tl.program_id(0)
+    offs_v = pid_v.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, BLOCK_M).to(tl.int64)  # int64 rows: r * stride passes 2^31
+    v_ok = offs_v < V
+    k_ok = offs_k < C
+    stat = (pid_v * BLOCK_N) // STAT_WIDTH  # the statistics tile holding this band
+    et_ptrs = E + offs_r[None, :] * stride_em + offs_v[:, None]  # (BN, BM) of E^T
+    x_ptrs = X + offs_r[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BM, BK)
+
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for r0 in range(0, n, BLOCK_M):
+        rows = r0 + offs_r
+        r_ok = rows < n
+        target, scale, lse = _row_terms(TARGET, stride_t, SCALE, stride_s, LSE, rows, r_ok,
+                                        ignore_index)
+        f = tl.exp(tl.load(TILE_LSE + rows * n_tiles + stat, mask=r_ok, other=0.0) - lse) * scale
+        et = tl.load(et_ptrs, mask=v_ok[:, None] & r_ok[None, :], other=0.0).to(tl.float32)
+        hit = offs_v[:, None] == target[None, :]
+        dt = et * f[None, :] - tl.where(hit, scale[None, :], 0.0)  # (BN, BM) dlogits^T
+        if HAS_BIAS:
+            db += tl.sum(dt, axis=1)  # dbias: column sums of dlogits, before any rounding
+        if WRITE_DW:
+            x = tl.load(x_ptrs, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+            a = dt.to(X.dtype.element_ty)
+            if UPCAST:
+                a = a.to(tl.float32)
+                x = x.to(tl.float32)
+            acc = tl.dot(a, x, acc, input_precision=DOT_PRECISION)
+        et_ptrs += BLOCK_M * stride_em
+        x_ptrs += BLOCK_M * stride_xm
+
+    if WRITE_DW:
+        dw_ptrs = DW + offs_v[:, None] * stride_dwv + offs_k[None, :] * stride_dwk
+        mask = v_ok[:, None] & k_ok[None, :]
+        if ACCUMULATE:  # the float32 sum over chunks, in this kernel's epilogue
+            acc += tl.load(dw_ptrs, mask=mask, other=0.0)
+        tl.store(dw_ptrs, acc, mask=mask)
+    if HAS_BIAS:
+        if pid_k == 0:  # every K-tile of a band summed the same columns; one writes them
+            if ACCUMULATE:
+                db += tl.load(DB + offs_v, mask=v_ok, other=0.0)
+            tl.store(DB + offs_v, db, mask=v_ok)
+
+
+# --------------------------------------------------------------------------- launchers
+
+def _upcast(dtype):
+    # Triton's interpreter gets tl.dot wrong on bfloat16 operands: upcast them there
+    return _INTERPRET and dtype == torch.bfloat16
+
+
+def _precision(dtype, device):
+    return "ieee" if _upcast(dtype) else _dot_precision(dtype, device)
+
+
+def _tiles(rows, cols, row_block, col_block):
+    return lambda meta: (triton.cdiv(rows, meta[row_block]) * triton.cdiv(cols, meta[col_block]),)
+
+
+def _stat_tiles(V):
+    return triton.cdiv(int(V), STAT_N)
+
+
+def flce_logits(x, weight, bias, target, e, tile_lse, target_logit):
+    """The logits kernel on one chunk: x (n, C), weight (V, C), bias (V,) or None, target (n,).
+
+    Writes ``tile_lse`` (n, cdiv(V, STAT_N)) float32 (the log-sum-exp of each row's
+    STAT_N-wide vocabulary tiles) and ``target_logit`` (n,) float32, and, when ``e`` is an
+    (n, V) buffer (not None), exp(logit - tile lse) into it in x's dtype. All outputs are
+    buffers the caller allocated.
     """
-    dlogits_t = dlogits.t()
-    if x_chunk.dtype == torch.float32:
-        if first:
-            torch.mm(dlogits_t, x_chunk, out=grad_weight)
-        else:
-            grad_weight.addmm_(dlogits_t, x_chunk)
-    elif _fp32_out_matmul(x_chunk):
-        torch.addmm(grad_weight, dlogits_t, x_chunk, beta=0 if first else 1,
-                    out_dtype=torch.float32, out=grad_weight)
-    else:  # CPU torch: the half product is a temporary, summed in float32 (cast explicitly:
-        # the memory meter's check against real CPU allocations sees the float32 copy)
-        product = torch.mm(dlogits_t, x_chunk).to(torch.float32)
-        if first:
-            grad_weight.zero_()  # (not copy_: fake CUDA tensors in a CPU-only torch cannot)
-        grad_weight += product
+    n, C = x.shape
+    V = weight.shape[0]
+    launch(_flce_logits)[_tiles(n, V, "BLOCK_M", "BLOCK_N")](
+        x, x.stride(0), x.stride(1),
+        weight, weight.stride(0), weight.stride(1),
+        bias if bias is not None else weight,
+        target, target.stride(0),
+        e if e is not None else tile_lse, e.stride(0) if e is not None else 0,
+        tile_lse, target_logit,
+        n, V, C, _stat_tiles(V), _m_bucket(n),
+        HAS_BIAS=bias is not None, STORE_E=e is not None, UPCAST=_upcast(x.dtype),
+        DOT_PRECISION=_precision(x.dtype, x.device),
+    )
+
+
+def flce_lse(tile_lse, target, target_logit, ignore_index, lse, loss):
+    """Combine the tile log-sum-exps (n, T) of n rows into ``lse`` and ``loss`` (n,) float32."""
+    n, n_tiles = tile_lse.shape
+    block = min(1024, triton.next_power_of_2(n_tiles))
+    launch(_flce_lse)[(n,)](
+        tile_lse, target, target.stride(0), target_logit, lse, loss,
+        n_tiles, ignore_index,
+        BLOCK_T=block, num_warps=4 if block >= 512 else 2,
+    )
+
+
+def _scale_stride(scale):
+    return 0 if scale.numel() == 1 else scale.stride(0)
+
+
+def flce_grad_x(e, tile_lse, lse, target, scale, ignore_index, weight, grad_x):
+    """grad_x (n, C) = dlogits @ weight, dlogits = (softmax - onehot) * scale formed from
+    ``e`` (n, V) in the kernel's operand loads; ``scale`` float32, 1 or n values."""
+    n, C = grad_x.shape
+    V = weight.shape[0]
+    if C == 0:
+        return
+    launch(_flce_dx)[_tiles(n, C, "BLOCK_M", "BLOCK_K")](
+        e, e.stride(0), tile_lse, lse, target, target.stride(0), scale, _scale_stride(scale),
+        weight, weight.stride(0), weight.stride(1),
+        grad_x, grad_x.stride(0), grad_x.stride(1),
+        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(n),
+        UPCAST=_upcast(weight.dtype), DOT_PRECISION=_precision(weight.dtype, weight.device),
+        STAT_WIDTH=STAT_N,
+    )
+
+
+def flce_grad_weight(e, tile_lse, lse, target, scale, ignore_index, x, grad_weight, grad_bias,
+                     accumulate):
+    """grad_weight (V, C) float32 (+)= dlogits^T @ x and grad_bias (V,) float32 (+)= the
+    column sums of dlogits, dlogits formed from ``e`` (n, V) as in ``flce_grad_x``; either
+    may be None. ``accumulate``: add to them (a later chunk) or overwrite them (the first:
+    their contents are never read, so they need no zero-fill)."""
+    n, C = x.shape
+    V = e.shape[1]
+    write_dw = grad_weight is not None
+    if write_dw:
+        grid = lambda meta: (triton.cdiv(V, meta["BLOCK_N"])  # noqa: E731
+                             * max(1, triton.cdiv(C, meta["BLOCK_K"])),)
+    else:
+        grid = lambda meta: (triton.cdiv(V, meta["BLOCK_N"]),)  # noqa: E731
+    dw = grad_weight if write_dw else grad_bias  # a placeholder when not written
+    launch(_flce_dw)[grid](
+        e, e.stride(0), tile_lse, lse, target, target.stride(0), scale, _scale_stride(scale),
+        x, x.stride(0), x.stride(1),
+        dw, *(grad_weight.stride() if write_dw else (0, 0)),
+        grad_bias if grad_bias is not None else dw,
+        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(n),
+        HAS_BIAS=grad_bias is not None, WRITE_DW=write_dw, ACCUMULATE=accumulate,
+        UPCAST=_upcast(x.dtype), DOT_PRECISION=_precision(x.dtype, x.device),
+        STAT_WIDTH=STAT_N,
+    )
 
 
 def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
@@ -171,9 +634,10 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     x (N, C), weight (V, C), bias (V,) or None, all of one dtype; target (N,).
     ``grad_scale`` (float32, 1 or N values) multiplies each row of ``softmax - onehot``
     before the gradient matmuls. Returns ``(loss_rows, grad_x, grad_weight, grad_bias)``:
-    grad_x in x's dtype (N, C) (one matmul per row block, float32 inside cuBLAS: nothing is
-    summed across chunks), grad_weight (V, C) and grad_bias (V,) float32 (summed over the
-    chunks), or None when not requested.
+    grad_x in x's dtype (N, C) (each row block written once by its chunk), grad_weight
+    (V, C) and grad_bias (V,) float32 (summed over the chunks in the wgrad kernel's
+    epilogue), or None when not requested. Per chunk: the logits kernel, the lse kernel,
+    then dgrad and wgrad when a gradient is wanted (4 launches).
     """
     N, C = x.shape
     V = weight.shape[0]
@@ -192,33 +656,30 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
     if grad_scale is None:
         grad_scale = torch.ones(1, dtype=torch.float32, device=device)
     per_row_scale = grad_scale.numel() != 1
-    # The one (rows, V) buffer: logits of a chunk, then overwritten with their gradient.
-    buffer = torch.empty(min(rows, N), V, dtype=x.dtype, device=device)
-    weight_t = weight.t()
+    if bias is not None:
+        bias = bias.contiguous()  # read with unit stride
+    # Buffers allocated once and reused by every chunk: the exponentials (only when a
+    # gradient kernel will read them) and the float32 row statistics.
+    height = min(rows, N)
+    e_buffer = torch.empty(height, V, dtype=x.dtype, device=device) if need_grad else None
+    tile_lse = torch.empty(height, _stat_tiles(V), dtype=torch.float32, device=device)
+    target_logit = torch.empty(height, dtype=torch.float32, device=device)
+    lse = torch.empty(height, dtype=torch.float32, device=device)
     for start in range(0, N, rows):
         end = min(start + rows, N)
-        first = start == 0
-        x_chunk = x[start:end]  # (n, C)
-        logits = buffer[: end - start]  # (n, V), contiguous: the first n rows of the buffer
-        if bias is None:
-            torch.mm(x_chunk, weight_t, out=logits)
-        else:
-            torch.addmm(bias, x_chunk, weight_t, out=logits)
-        scale_c = grad_scale[start:end] if per_row_scale else grad_scale
-        loss_rows[start:end], _ = cross_entropy_forward(
-            logits, target[start:end], ignore_index,
-            grad_out=logits if need_grad else None, grad_scale=scale_c,
-        )
-        # logits now holds dL/dlogits for the chunk (rows scaled by scale_c, ignored rows 0)
+        n = end - start
+        x_chunk, t_chunk = x[start:end], target[start:end]
+        e = e_buffer[:n] if need_grad else None  # the first n rows: contiguous
+        flce_logits(x_chunk, weight, bias, t_chunk, e, tile_lse[:n], target_logit[:n])
+        flce_lse(tile_lse[:n], t_chunk, target_logit[:n], ignore_index, lse[:n],
+                 loss_rows[start:end])
+        scale = grad_scale[start:end] if per_row_scale else grad_scale
         if need_x:
-            torch.mm(logits, weight, out=grad_x[start:end])  # (n, V) @ (V, C)
-        if need_weight:  # (V, n) @ (n, C), summed over chunks in float32
-            _accumulate_weight_grad(grad_weight, logits, x_chunk, first)
-        if need_bias:
-            if first:
-                torch.sum(logits, dim=0, dtype=torch.float32, out=grad_bias)
-            else:
-                grad_bias += logits.sum(dim=0, dtype=torch.float32)
+            flce_grad_x(e, tile_lse[:n], lse[:n], t_chunk, scale, ignore_index, weight,
+                        grad_x[start:end])
+        if need_weight or need_bias:
+            flce_grad_weight(e, tile_lse[:n], lse[:n], t_chunk, scale, ignore_index, x_chunk,
+                             grad_weight, grad_bias, accumulate=start > 0)
     return loss_rows, grad_x, grad_weight, grad_bias
 
 

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(not (NVIDIA_BIN / "cuobjdump").exists(),
                                 reason="this Triton wheel ships no NVIDIA tools (ptxas, cuobjdump)")
 
 DOT_KERNELS = {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_linear_gelu_fwd",
-               "_linear_gelu_bwd_dx", "_linear_gelu_bwd_dw"}
+               "_linear_gelu_bwd_dx", "_linear_gelu_bwd_dw", "_flce_logits", "_flce_dx",
+               "_flce_dw"}
 
 
 def report(out, cache_dir, *args):
@@ -138,9 +139,11 @@ def test_interpreter_offers_one_config():
 
     attention = importlib.import_module("gpt_kernels.attention")
     linear_gelu = importlib.import_module("gpt_kernels.linear_gelu")  # the module, not the op
+    flce = importlib.import_module("gpt_kernels.fused_linear_cross_entropy")
     for kernel in (attention._attn_fwd, attention._attn_bwd_dkdv, attention._attn_bwd_dq,
                    linear_gelu._linear_gelu_fwd, linear_gelu._linear_gelu_bwd_dx,
-                   linear_gelu._linear_gelu_bwd_dw):
+                   linear_gelu._linear_gelu_bwd_dw, flce._flce_logits, flce._flce_dx,
+                   flce._flce_dw):
         assert len(kernel.configs) == 1
 
 

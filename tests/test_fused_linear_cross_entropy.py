@@ -1,8 +1,10 @@
 """Fused linear cross-entropy against F.cross_entropy(x @ W.T + b) in float64.
 
-The chunk matmuls are torch's and the loss/gradient is the Triton cross-entropy kernel (run in
-Triton's interpreter on CPU), so float32, float16 and bfloat16 all run here. Small shapes, with
-the chunk size forced down where the point is many ragged chunks.
+Every matmul is one of the module's Triton kernels (the logits kernel with its log-sum-exp
+epilogue, dgrad and wgrad forming dlogits in their operand loads), run in Triton's
+interpreter on CPU: float32, float16, and bfloat16 (the kernels upcast bfloat16 dot operands
+there, where tl.dot on bfloat16 is wrong). Small shapes, with the chunk size forced down
+where the point is many ragged chunks.
 """
 
 import importlib
@@ -291,10 +293,11 @@ def test_bad_reduction_raises():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gpt2_sizes_in_the_interpreter(reduction):
-    """GPT-2's lm_head (C=768, V=50304) over several token chunks, float32 (make test-all;
-    minutes in Triton's interpreter)."""
-    check_against_reference(*make_inputs(300, 768, 50304, torch.float32), reduction)
+def test_gpt2_sizes_in_the_interpreter(reduction, monkeypatch):
+    """GPT-2's lm_head (C=768, V=50304) over three token chunks, float32 (make test-all;
+    minutes in Triton's interpreter, which runs the fused matmuls at ~2 s per token row)."""
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 16)  # 3 chunks, ragged
+    check_against_reference(*make_inputs(40, 768, 50304, torch.float32), reduction)
 
 
 # --------------------------------------------------------------------------- GPU
@@ -353,37 +356,109 @@ def test_gpu_rerun_is_bit_identical():
         assert torch.equal(a, c)
 
 
-# --------------------------------------------------------------------------- float32-output matmul
+# --------------------------------------------------------------------------- the kernels one by one
 
-def test_fp32_output_matmul_probe():
-    # CPU torch has no half x half -> float32 addmm; the memory meter's fake tensors model CUDA
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    assert flce_mod._fp32_out_matmul(torch.ones(2, 2, dtype=torch.bfloat16)) is False
-    with FakeTensorMode():
-        fake = torch.ones(2, 2, dtype=torch.bfloat16)
-    assert flce_mod._fp32_out_matmul(fake) is hasattr(torch.ops.aten.addmm, "dtype_out")
+def _chunk_buffers(n, V):
+    T = -(-V // flce_mod.STAT_N)
+    return torch.full((n, T), float("nan")), torch.full((n,), float("nan"))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_grad_weight_through_the_fp32_output_path(dtype, monkeypatch):
-    # The CUDA path (cuBLAS writing the float32 accumulator) emulated on the CPU with the
-    # semantics torch documents for addmm(out_dtype=float32): beta * input + mat1 @ mat2,
-    # products summed in float32. First chunk beta=0 (no zero-fill needed), then beta=1.
-    calls = []
-    real_addmm = torch.addmm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_logits_kernel_statistics(dtype):
+    # per (row, 128-column tile): the tile's log-sum-exp and the softmax within the tile,
+    # exp(logit - tile lse), in x's dtype; the target's logit. V = 300: a ragged last tile
+    n, C, V = 21, 40, 300
+    x, w, b, target = make_inputs(n, C, V, dtype)
+    tile_lse, target_logit = _chunk_buffers(n, V)
+    e = torch.empty(n, V, dtype=dtype)
+    flce_mod.flce_logits(x, w, b, target, e, tile_lse, target_logit)
+    logits = x.double() @ w.double().t() + b.double()
+    tiles = logits.split(flce_mod.STAT_N, dim=1)
+    ref_tile_lse = torch.stack([t.logsumexp(1) for t in tiles], dim=1)
+    ref_e = torch.cat([t.softmax(1) for t in tiles], dim=1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3  # the logits are a matmul in x's dtype
+    assert_close(tile_lse, ref_tile_lse, tol, "tile lse")
+    assert_close(e, ref_e, tol, "exp(logit - tile lse)")
+    valid = target != IGNORE
+    assert_close(target_logit[valid], logits[valid, target[valid]], tol, "target logit")
+    lse, loss = torch.empty(n), torch.empty(n)
+    flce_mod.flce_lse(tile_lse, target, target_logit, IGNORE, lse, loss)
+    ref_lse = logits.logsumexp(1)
+    assert_close(lse, ref_lse, tol, "lse")
+    assert torch.equal(loss[~valid], torch.zeros(int((~valid).sum())))
+    assert_close(loss[valid], ref_lse[valid] - logits[valid, target[valid]], tol, "loss")
 
-    def addmm(inp, m1, m2, *, beta=1, alpha=1, out=None, out_dtype=None):
-        if out_dtype is None:
-            return real_addmm(inp, m1, m2, beta=beta, alpha=alpha, out=out)
-        assert out_dtype == torch.float32 and out is inp and out.dtype == torch.float32
-        calls.append(beta)
-        prod = m1.float() @ m2.float()
-        return out.copy_(prod if beta == 0 else inp + prod)
 
-    monkeypatch.setattr(flce_mod, "_fp32_out_matmul", lambda t: True)
-    monkeypatch.setattr(torch, "addmm", addmm)
-    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 16)  # 3 chunks, ragged
-    x, w, _, target = make_inputs(37, 64, 300, dtype, bias=False)
-    check_against_reference(x, w, None, target, "mean")
-    assert calls == [0, 1, 1]
+def test_wgrad_overwrites_then_accumulates():
+    # the first chunk's wgrad stores without reading (the accumulators start as NaN here:
+    # nothing is zero-filled), a later chunk's adds into them; rows scaled per row
+    n, C, V = 19, 48, 260
+    x, w, b, target = make_inputs(n, C, V, torch.float32)
+    tile_lse, target_logit = _chunk_buffers(n, V)
+    e, lse, loss = torch.empty(n, V), torch.empty(n), torch.empty(n)
+    flce_mod.flce_logits(x, w, b, target, e, tile_lse, target_logit)
+    flce_mod.flce_lse(tile_lse, target, target_logit, IGNORE, lse, loss)
+    scale = torch.randn(n)
+    gw, gb = torch.full((V, C), float("nan")), torch.full((V,), float("nan"))
+    flce_mod.flce_grad_weight(e, tile_lse, lse, target, scale, IGNORE, x, gw, gb, False)
+    logits = x.double() @ w.double().t() + b.double()
+    valid = (target != IGNORE).double()
+    onehot = F.one_hot(target.clamp(min=0), V).double()
+    dlogits = (logits.softmax(1) - onehot) * (scale.double() * valid)[:, None]
+    assert_close(gw, dlogits.t() @ x.double(), 1e-5, "grad_weight, first chunk")
+    assert_close(gb, dlogits.sum(0), 1e-5, "grad_bias, first chunk")
+    flce_mod.flce_grad_weight(e, tile_lse, lse, target, scale, IGNORE, x, gw, gb, True)
+    assert_close(gw, 2 * dlogits.t() @ x.double(), 1e-5, "grad_weight, accumulated")
+    assert_close(gb, 2 * dlogits.sum(0), 1e-5, "grad_bias, accumulated")
+    gx = torch.full((n, C), float("nan"))
+    flce_mod.flce_grad_x(e, tile_lse, lse, target, scale, IGNORE, w, gx)
+    assert_close(gx, dlogits @ w.double(), 1e-5, "grad_x")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_float16_without_bias(reduction, monkeypatch):
+    monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 24)  # 2 chunks, ragged
+    check_against_reference(*make_inputs(41, 72, 700, torch.float16, bias=False), reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_only_the_bias_requires_grad(reduction):
+    # a frozen weight with a trained bias: wgrad runs for the bias alone (no grad_weight)
+    x, w, b, target = make_inputs(30, 32, 300, torch.float32)
+    bl = b.clone().requires_grad_(True)
+    loss = flce(x, w, target, bl, ignore_index=IGNORE, reduction=reduction)
+    g = upstream(loss, reduction)
+    loss.backward(g)
+    _, ref_grads = f64_reference(x, w, b, target, reduction, g)
+    assert_close(bl.grad, ref_grads[2], 1e-5, "grad bias")
+
+
+def test_ignore_index_inside_the_vocabulary():
+    # rows whose target equals an ignore_index that is also a column are ignored
+    x, w, b, target = make_inputs(33, 32, 300, torch.float32, p_ignore=0.0)
+    target[::3] = 7
+    loss, grads, g = run_flce(x, w, b, target, "mean", ignore_index=7)
+    ref_loss, ref_grads = f64_reference(x, w, b, target, "mean", g, ignore_index=7)
+    assert_close(loss, ref_loss, 1e-5, "loss")
+    for name, got, ref in zip(("x", "weight", "bias"), grads, ref_grads):
+        assert_close(got, ref, 1e-5, f"grad {name}")
+
+
+def test_no_gradient_no_chunk_buffer(monkeypatch):
+    # the loss alone (no_grad, evaluation, the "none" forward) never allocates the (rows, V)
+    # buffer of exponentials: only the float32 tile statistics
+    x, w, b, target = make_inputs(40, 32, 3000, torch.float16)
+    sizes = []
+    real_empty = torch.empty
+
+    def empty(*shape, **kw):
+        t = real_empty(*shape, **kw)
+        sizes.append(t.numel())
+        return t
+
+    monkeypatch.setattr(flce_mod.torch, "empty", empty)
+    flce_mod.flce_pass(x, w, b, target, IGNORE)
+    assert max(sizes) < 40 * 3000 // 10
+    sizes.clear()
+    flce_mod.flce_pass(x, w, b, target, IGNORE, need_x=True)
+    assert max(sizes) == 40 * 3000

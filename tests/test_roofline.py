@@ -241,14 +241,45 @@ def test_layer_norm_backward_programs_at_gpt2():
 def test_flce_counts_before_and_after_issue_20():
     # the numbers the fused linear cross-entropy's docstring quotes (GPT-2 step)
     s = rl.Shape()
-    before = rl.flce_counts(s, 128, fp32_out=False, saved_gx_half=False)
-    after = rl.flce_counts(s, rl.flce_rows(s))
+    before = rl.flce_counts(s, 128, "before")
+    cublas = rl.flce_counts(s, rl.flce_rows(s), "cublas")
     assert rl.flce_rows(s) == 2048
     assert round(before.bytes / 1e9, 1) == 45.4 and before.launches == 394
-    assert round(after.bytes / 1e9, 1) == 7.3 and after.launches == 25
+    assert round(cublas.bytes / 1e9, 1) == 7.3 and cublas.launches == 25
     # the accumulator: read + written once per chunk after the first, never zero-filled
-    acc = [k for k in after.kernels if k[0].startswith("grad_weight +=")]
+    acc = [k for k in cublas.kernels if k[0].startswith("grad_weight +=")]
     assert len(acc) == 4 and acc[0][1] == 2048 * (50304 + 768) * 2
+    with pytest.raises(ValueError, match="version"):
+        rl.flce_counts(s, 2048, "cuBLAS")
+
+
+def test_flce_fused_counts_under_5_gb():
+    # issue 20's target: the cross-entropy inside the Triton matmuls moves < 5 GB a step
+    s = rl.Shape()
+    fused = rl.flce_counts(s, rl.flce_rows(s))
+    assert fused.bytes < 5e9 and round(fused.bytes / 1e9, 1) == 4.9
+    assert fused.launches == 25  # per chunk: logits, lse, dgrad, wgrad (4 x 4) + 9 around
+    # the (N, V) exponentials: one write (logits kernel) and two reads (dgrad, wgrad)
+    NV = s.N * s.V * s.e
+    writes = sum(k[2] for k in fused.kernels if k[0].startswith("logits"))
+    T = -(-s.V // 128)
+    assert writes == NV + s.N * T * 4 + s.N * 4  # plus the float32 tile lse, target logit
+    grads = [k for k in fused.kernels if k[0].startswith(("grad_x (", "grad_weight +="))]
+    n, chunks = rl.flce_rows(s), 4
+    assert len(grads) == 2 * chunks
+    others = (chunks * s.V * s.C * s.e  # dgrad: W
+              + chunks * n * s.C * s.e  # wgrad: x
+              + (chunks - 1) * s.V * s.C * 4  # wgrad: the float32 accumulator after chunk 1
+              + 2 * chunks * n * (T * 4 + 8 + 4))  # tile lse, target, lse
+    assert sum(k[1] for k in grads) - others == 2 * NV
+    # the cuBLAS version moved the logits 5 times: 1.6 GB more than the fused one
+    cublas = rl.flce_counts(s, rl.flce_rows(s), "cublas")
+    assert cublas.bytes - fused.bytes > 2 * NV - 0.1e9
+    # the op the triton path counts is this version, with its dlogits formation as alu
+    op = rl.op_loss(s, "triton")
+    assert op.bytes == fused.bytes and op.launches == fused.launches
+    assert op.alu == s.N * s.V * (8 + 2 * 6 * 6)
+    assert op.predicted(rl.DEVICES["H100"]) == pytest.approx(op.flops / 790e12 + 25 * 2e-6)
 
 
 def test_step_sums_and_ratios():
