@@ -1,6 +1,9 @@
 """Fused linear cross-entropy: ``cross_entropy(x @ weight.T + bias, target)``, the
 cross-entropy inside the matmuls.
 
+One file per op (the project's rule): this op's Triton kernels, launchers, autograd and
+`torch.library` registration together, however long.
+
 The lm_head of GPT-2 at training sizes (N = 8192 tokens, V = 50304) would produce 412M logits:
 1.6 GB in float32, and ``F.cross_entropy`` keeps a float32 log-softmax of the same size for its
 backward. Here the tokens go through in chunks of ``chunk_rows(N, V, C, itemsize)`` rows, as
@@ -88,7 +91,7 @@ compare them), so backward twice gives the same answer.
 
 Compiled for sm_80 and sm_90 by Triton 3.9.0 (``python -m tools.compile_report
 --ops=fused_linear_cross_entropy``, every config each autotuner offers at every preset's
-lm_head, bf16 / fp16 / fp32 / fp32-tf32; bench/results/compile-3.9.0-2026-12-04.json): 88
+lm_head, bf16 / fp16 / fp32 / fp32-tf32; bench/results/compile-3.9.0-2026-12-05.json): 88
 compiles, none failing, spilling or over shared memory. Registers per thread: logits 162-218,
 lse 26-32, dgrad 80-252, wgrad 108-255 (the IEEE float32 FMA tiles on sm_80); shared memory
 at most 97 KB (sm_90), within every shared-memory estimate the pruning uses; the bf16, fp16
