@@ -1,5 +1,6 @@
 """Everything a run folder holds, read and written in one place: checkpoints that survive a
 crash (one file for a plain run, a sharded folder for FSDP), the tokenizer, the metrics log.
+One file although over 500 lines: the run folder's format is defined in one place.
 
     out_dir/ckpt.pt         one process or DDP: torch.save of {"model", "optimizer", "scaler",
                             "model_args", "config", "iter_num", "best_val_loss", "rng"}
