@@ -191,14 +191,21 @@ def _create_optimizer_state(model, optimizer):
 
 @contextmanager
 def _flash_sdpa():
-    """SDPA pinned to its flash backend (the eager CUDA baseline), where torch has the knob."""
+    """SDPA pinned to its flash backend (the eager CUDA baseline), where torch has the knob,
+    on half inputs as they are (not the float32 the reference uses for CPU computation)."""
+    from gpt_kernels import reference
+
+    saved, reference.CPU_HALF_ATTENTION_IN_FLOAT32 = reference.CPU_HALF_ATTENTION_IN_FLOAT32, False
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:
-        yield
-        return
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        yield
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+        except ImportError:
+            yield
+            return
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            yield
+    finally:
+        reference.CPU_HALF_ATTENTION_IN_FLOAT32 = saved
 
 
 # the tracker's kinds of memory, grouped for the tables (FSDP splits them finer)

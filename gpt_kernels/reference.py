@@ -40,6 +40,11 @@ __all__ = [
 
 _HALF = (torch.float16, torch.bfloat16)
 
+# Half-precision attention on CPU tensors is computed in float32 (flash_attention says why).
+# What models a GPU step on CPU tensors (bench.memory's meter on fake tensors, the roofline
+# tests' kernel counts) turns this off: a GPU's SDPA takes bf16 as it is.
+CPU_HALF_ATTENTION_IN_FLOAT32 = True
+
 
 def _loss_dtype(dtype):
     """Losses are computed in float32 for half inputs; float32/float64 keep theirs."""
@@ -63,7 +68,7 @@ def flash_attention(q, k, v, causal=True, sm_scale=None, *, dropout_p=0.0):
         # mask is explicit there (True = attend). Every row keeps key 0 at least (Tq <= Tk).
         q_pos = torch.arange(Tq, device=q.device).unsqueeze(1) + (Tk - Tq)  # (Tq, 1)
         mask = torch.arange(Tk, device=q.device).unsqueeze(0) <= q_pos  # (Tq, Tk)
-    if q.device.type == "cpu" and q.dtype in _HALF:
+    if q.device.type == "cpu" and q.dtype in _HALF and CPU_HALF_ATTENTION_IN_FLOAT32:
         # PyTorch's CPU flash attention is ~6x slower backward in bfloat16 than in float32
         # (one thread, AVX-512 with bf16: 53 ms against 9 ms a call at 12 x 4 x 64 x 32):
         # half inputs are computed in float32 there, which is also the more exact result

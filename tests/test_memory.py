@@ -40,6 +40,20 @@ def test_parts_are_what_the_model_holds():
     assert r["peak_bytes"] > sum(r["parts"][k] for k in ("Parameter", "Optstate"))
 
 
+def test_eager_attention_is_metered_as_a_gpu_runs_it(monkeypatch):
+    # the CPU reference computes bf16 attention in float32 (float32 copies of q, k, v kept for
+    # backward); a GPU's SDPA does not, and the meter models the GPU: the flag changes nothing
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=64, vocab_size=500, block_size=128, bias=False)
+    from gpt_kernels import reference
+
+    peaks = []
+    for cpu_float32 in (True, False):
+        monkeypatch.setattr(reference, "CPU_HALF_ATTENTION_IN_FLOAT32", cpu_float32)
+        peaks.append(memory.meter_step(cfg, "torch", 4, 128, torch.bfloat16)["peak_bytes"])
+        assert reference.CPU_HALF_ATTENTION_IN_FLOAT32 is cpu_float32  # restored after
+    assert peaks[0] == peaks[1]
+
+
 def test_fused_loss_saves_memory_at_a_large_vocabulary():
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=64, vocab_size=8192, block_size=256, bias=False)
     peaks = {p: memory.meter_step(cfg, p, 4, 256, torch.bfloat16)["peak_bytes"]

@@ -206,7 +206,7 @@ def test_eager_block_counts_are_the_kernels_it_runs(monkeypatch):
     # and Linears, and the concatenation of dq, dk, dv. On a CPU the reference computes
     # bf16 attention in float32 (reference.py says why); a GPU's SDPA takes bf16 as it is,
     # and so does this test.
-    monkeypatch.setattr(reference, "_HALF", ())
+    monkeypatch.setattr(reference, "CPU_HALF_ATTENTION_IN_FLOAT32", False)
     s = SMALL
     kernels = _metered_block(s, "torch", skip=("scaled_dot_product",))
     ops = [op(s, "eager") for op in BLOCK_OPS if op is not rl.op_attention]
