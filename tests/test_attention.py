@@ -8,6 +8,9 @@ The oracle is a float64 einsum with the mask built from absolute positions, writ
 sharing no code with the kernel. Half-precision results must also satisfy FlashAttention's
 criterion: the kernel's error against float64 is at most twice the error of plain PyTorch
 attention run in the same dtype.
+
+One file although over 500 lines: one op's tests (masks, precision, strides, gradients, dropout,
+the model's layout, GPT-2's context and the GPU sizes), as the kernel's file is one op.
 """
 
 import math
