@@ -386,7 +386,7 @@ def _m_bucket(M):
     keying on M itself re-benchmarks every config (seconds) at each new batch size or ragged
     last batch. Rows 4097..8192 share one choice, 8193..16384 the next, and so on.
     """
-    return max(16, triton.next_power_of_2(int(M)))
+    return max(16, _autotune.bucket(M))
 
 
 def _as_rows(t):
