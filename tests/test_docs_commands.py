@@ -6,7 +6,8 @@ became ``tools.compile_report``) or option leaves a command a reader copies that
 commands are read from code blocks and inline code (``python -m ...``, ``python train.py ...``,
 ``torchrun ... train.py ...``, continuation lines joined) and checked against the programs'
 declared options, without running them (most train models or need a GPU). The lines a page
-shows on purpose as mistakes are listed below, and must stay mistakes.
+shows on purpose as mistakes are listed below, and must stay mistakes. Every relative link and
+image on those pages points at a file that exists (and a heading, where it names one).
 """
 
 import importlib
@@ -157,3 +158,40 @@ def test_command_uses_real_program_and_options(page, line):
         assert problems, f"{page} shows {line!r} as a mistake, but it is valid now"
     else:
         assert not problems, f"{page}: {line}\n  " + "\n  ".join(problems)
+
+
+def _links(page):
+    """[(target path, anchor)] of the page's relative markdown links and images, outside code."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    found = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        found.append((path, anchor))
+    return found
+
+
+def _anchors(page):
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+LINKS = [(page, path, anchor) for page in PAGES for path, anchor in _links(page)]
+
+
+def test_the_pages_have_links():
+    assert len(LINKS) > 20
+
+
+@pytest.mark.parametrize("page, path, anchor", LINKS,
+                         ids=[f"{p.relative_to(ROOT).as_posix()}: {t}#{a}" for p, t, a in LINKS])
+def test_link_targets_exist(page, path, anchor):
+    """A relative link or image resolves from the page's folder (a page moved into docs/ keeps
+    README-relative links that point nowhere), and an anchor names one of the target's headings."""
+    target = (page.parent / path).resolve() if path else page
+    assert target.exists(), f"{page.relative_to(ROOT)}: link to {path} (no such file)"
+    if anchor and target.suffix == ".md":
+        assert anchor in _anchors(target), f"{page.relative_to(ROOT)}: {path}#{anchor} (no such heading)"
