@@ -296,7 +296,7 @@ def _flce_logits(
     TILE_LSE,  # (n, n_tiles) float32 out: log-sum-exp of each row's STAT_N-wide vocab tile
     TARGET_LOGIT,  # (n,) float32 out: the target's logit (rows with an ignored target: unset)
     n, V, C, n_tiles,
-    M_BUCKET,  # n rounded up to a power of two: the autotune key (linear_gelu._m_bucket)
+    M_BUCKET,  # the pass's chunk height rounded up to a power of two: the autotune key
     HAS_BIAS: tl.constexpr,
     STORE_E: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -406,7 +406,7 @@ def _flce_dx(
     W, stride_wv, stride_wk,  # (V, C) weight
     DX, stride_dxm, stride_dxk,  # (n, C) out: dlogits @ W in W's dtype
     n, V, C, n_tiles, ignore_index,
-    M_BUCKET,  # n rounded up to a power of two: the autotune key
+    M_BUCKET,  # the pass's chunk height rounded up to a power of two: the autotune key
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     STAT_WIDTH: tl.constexpr,  # STAT_N; BLOCK_N divides it
@@ -463,7 +463,7 @@ def _flce_dw(
     DW, stride_dwv, stride_dwk,  # (V, C) float32 accumulator, written when WRITE_DW
     DB,  # (V,) float32 accumulator of the bias gradient, written when HAS_BIAS
     n, V, C, n_tiles, ignore_index,
-    M_BUCKET,  # n rounded up to a power of two: the autotune key
+    M_BUCKET,  # the pass's chunk height rounded up to a power of two: the autotune key
     HAS_BIAS: tl.constexpr,
     WRITE_DW: tl.constexpr,
     ACCUMULATE: tl.constexpr,  # add to DW / DB (a later chunk) or overwrite them (the first)
@@ -548,13 +548,14 @@ def _stat_tiles(V):
     return triton.cdiv(int(V), STAT_N)
 
 
-def flce_logits(x, weight, bias, target, e, tile_lse, target_logit):
+def flce_logits(x, weight, bias, target, e, tile_lse, target_logit, key_rows=None):
     """The logits kernel on one chunk: x (n, C), weight (V, C), bias (V,) or None, target (n,).
 
     Writes ``tile_lse`` (n, cdiv(V, STAT_N)) float32 (the log-sum-exp of each row's
     STAT_N-wide vocabulary tiles) and ``target_logit`` (n,) float32, and, when ``e`` is an
     (n, V) buffer (not None), exp(logit - tile lse) into it in x's dtype. All outputs are
-    buffers the caller allocated.
+    buffers the caller allocated. ``key_rows`` (default n): the rows the autotune key buckets,
+    the pass's chunk height (see ``flce_pass``).
     """
     n, C = x.shape
     V = weight.shape[0]
@@ -565,7 +566,7 @@ def flce_logits(x, weight, bias, target, e, tile_lse, target_logit):
         target, target.stride(0),
         e if e is not None else tile_lse, e.stride(0) if e is not None else 0,
         tile_lse, target_logit,
-        n, V, C, _stat_tiles(V), _m_bucket(n),
+        n, V, C, _stat_tiles(V), _m_bucket(key_rows or n),
         HAS_BIAS=bias is not None, STORE_E=e is not None, UPCAST=_upcast(x.dtype),
         DOT_PRECISION=_precision(x.dtype, x.device),
     )
@@ -586,9 +587,10 @@ def _scale_stride(scale):
     return 0 if scale.numel() == 1 else scale.stride(0)
 
 
-def flce_grad_x(e, tile_lse, lse, target, scale, ignore_index, weight, grad_x):
+def flce_grad_x(e, tile_lse, lse, target, scale, ignore_index, weight, grad_x, key_rows=None):
     """grad_x (n, C) = dlogits @ weight, dlogits = (softmax - onehot) * scale formed from
-    ``e`` (n, V) in the kernel's operand loads; ``scale`` float32, 1 or n values."""
+    ``e`` (n, V) in the kernel's operand loads; ``scale`` float32, 1 or n values;
+    ``key_rows`` as in ``flce_logits``."""
     n, C = grad_x.shape
     V = weight.shape[0]
     if C == 0:
@@ -597,18 +599,24 @@ def flce_grad_x(e, tile_lse, lse, target, scale, ignore_index, weight, grad_x):
         e, e.stride(0), tile_lse, lse, target, target.stride(0), scale, _scale_stride(scale),
         weight, weight.stride(0), weight.stride(1),
         grad_x, grad_x.stride(0), grad_x.stride(1),
-        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(n),
+        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(key_rows or n),
         UPCAST=_upcast(weight.dtype), DOT_PRECISION=_precision(weight.dtype, weight.device),
         STAT_WIDTH=STAT_N,
     )
 
 
 def flce_grad_weight(e, tile_lse, lse, target, scale, ignore_index, x, grad_weight, grad_bias,
-                     accumulate):
+                     accumulate, key_rows=None):
     """grad_weight (V, C) float32 (+)= dlogits^T @ x and grad_bias (V,) float32 (+)= the
     column sums of dlogits, dlogits formed from ``e`` (n, V) as in ``flce_grad_x``; either
     may be None. ``accumulate``: add to them (a later chunk) or overwrite them (the first:
-    their contents are never read, so they need no zero-fill)."""
+    their contents are never read, so they need no zero-fill).
+
+    The autotuner benchmarks a new key on the launch's own arguments, hundreds of times, and
+    an accumulating launch would add its chunk into the gradients at every one of them. So a
+    launch with ``accumulate=True`` must never be the first with its key: ``key_rows`` (the
+    pass's chunk height, as in ``flce_logits``) keys every chunk of a pass like its first,
+    which overwrites and so can be benchmarked safely."""
     n, C = x.shape
     V = e.shape[1]
     write_dw = grad_weight is not None
@@ -623,7 +631,7 @@ def flce_grad_weight(e, tile_lse, lse, target, scale, ignore_index, x, grad_weig
         x, x.stride(0), x.stride(1),
         dw, *(grad_weight.stride() if write_dw else (0, 0)),
         grad_bias if grad_bias is not None else dw,
-        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(n),
+        n, V, C, tile_lse.shape[1], ignore_index, _m_bucket(key_rows or n),
         HAS_BIAS=grad_bias is not None, WRITE_DW=write_dw, ACCUMULATE=accumulate,
         UPCAST=_upcast(x.dtype), DOT_PRECISION=_precision(x.dtype, x.device),
         STAT_WIDTH=STAT_N,
@@ -673,16 +681,16 @@ def flce_pass(x, weight, bias, target, ignore_index, grad_scale=None,
         n = end - start
         x_chunk, t_chunk = x[start:end], target[start:end]
         e = e_buffer[:n] if need_grad else None  # the first n rows: contiguous
-        flce_logits(x_chunk, weight, bias, t_chunk, e, tile_lse[:n], target_logit[:n])
+        flce_logits(x_chunk, weight, bias, t_chunk, e, tile_lse[:n], target_logit[:n], height)
         flce_lse(tile_lse[:n], t_chunk, target_logit[:n], ignore_index, lse[:n],
                  loss_rows[start:end])
         scale = grad_scale[start:end] if per_row_scale else grad_scale
         if need_x:
             flce_grad_x(e, tile_lse[:n], lse[:n], t_chunk, scale, ignore_index, weight,
-                        grad_x[start:end])
+                        grad_x[start:end], height)
         if need_weight or need_bias:
             flce_grad_weight(e, tile_lse[:n], lse[:n], t_chunk, scale, ignore_index, x_chunk,
-                             grad_weight, grad_bias, accumulate=start > 0)
+                             grad_weight, grad_bias, accumulate=start > 0, key_rows=height)
     return loss_rows, grad_x, grad_weight, grad_bias
 
 
