@@ -53,7 +53,9 @@ tensor cores give).
 Dtypes: the matmuls run in the dtype the public function was given, or in the autocast dtype
 when autocast is on (as ``F.linear`` would); loss and log-sum-exps are float32. The reduction's
 ``1/n_valid`` and the upstream gradient are applied to the float32 accumulators, not to
-low-precision dlogits (in float16, ``softmax / 8192`` would flush to zero). Gradients come
+low-precision dlogits (in float16, ``softmax / 8192`` would flush to zero); for "none", whose
+per-row gradients must weight the dlogits themselves, float16 takes them divided by their
+largest magnitude (``flce_backward_none``). Gradients come
 back in each input's own dtype: float32 parameters under autocast get float32 gradients from
 the float32 accumulators, not a bfloat16 copy.
 
@@ -739,12 +741,25 @@ def flce_backward_none(x: Tensor, weight: Tensor, bias: Optional[Tensor], target
                        compute_dtype: Optional[torch.dtype], need_x: bool, need_weight: bool,
                        need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients for reduction "none": the chunk loop again, each row of softmax - onehot
-    weighted by its upstream gradient ``grad_loss`` (N,). In the caller's dtypes."""
+    weighted by its upstream gradient ``grad_loss`` (N,). In the caller's dtypes.
+
+    The weights reach the dlogits operand before its cast to the matmul dtype (wgrad sums
+    over rows, so a row's weight cannot wait for the float32 accumulator). In float16, whose
+    smallest value is 6e-8, ``softmax * grad`` would flush to zero for a loss averaged by the
+    caller (``loss.mean()`` over 8192 rows: 1e-4 x 1e-5); so there the weights are divided
+    by their largest magnitude, and the float32 results multiplied back by it."""
     x_c, weight_c, bias_c = _compute_copies(x, weight, bias, compute_dtype)
+    grad_scale = grad_loss.to(torch.float32)
+    top = None
+    if x_c.dtype == torch.float16:  # bfloat16 has float32's exponent range
+        top = grad_scale.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+        grad_scale = grad_scale / top  # on the device: no host synchronisation
     with torch.autocast(x.device.type, enabled=False):
         _, *grads = flce_pass(x_c, weight_c, bias_c, target, ignore_index,
-                              grad_scale=grad_loss.to(torch.float32), need_x=need_x,
+                              grad_scale=grad_scale, need_x=need_x,
                               need_weight=need_weight, need_bias=need_bias and bias is not None)
+    if top is not None:
+        grads = [g.to(torch.float32) * top if g is not None else None for g in grads]
     return _caller_dtypes(grads, x, weight, bias)
 
 

@@ -453,6 +453,23 @@ def test_autotuning_never_replays_an_accumulating_launch(rows, device, monkeypat
         assert_close(got, want, 1e-5 if device == "cpu" else 1e-2, name)  # TF32 on a GPU
 
 
+@pytest.mark.parametrize("size", [1.0, 1e-5])
+def test_float16_none_with_small_upstream_gradients(size):
+    """Reduction "none" under float16 autocast, each row's loss weighted by a gradient of
+    ``size``: 1e-5 is what ``loss.mean()`` over ~10^5 rows hands back. Weighting the float16
+    dlogits directly flushed softmax * 1e-5 to zero (0.06-0.4 relative error); against float64
+    the gradients must be as good as for gradients of order one."""
+    x, w, b, target = make_inputs(16, 32, 256, torch.float32, w_scale=0.05)
+    grad_out = (torch.rand(16) + 0.5) * size
+    _, want = f64_reference(x, w, b, target, "none", grad_out)
+    xl, wl, bl = leaves(x, w, b)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = flce(xl, wl, target, bl, ignore_index=IGNORE, reduction="none")
+    loss.backward(grad_out)
+    for name, got, ref in zip(("grad_x", "grad_weight", "grad_bias"), (xl.grad, wl.grad, bl.grad), want):
+        assert_close(got, ref, TOL[torch.float16], name)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_float16_without_bias(reduction, monkeypatch):
     monkeypatch.setattr(flce_mod, "chunk_rows", lambda N, V, C, *_: 24)  # 2 chunks, ragged
