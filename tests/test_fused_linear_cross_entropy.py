@@ -420,6 +420,20 @@ def test_wgrad_overwrites_then_accumulates():
     assert_close(gx, dlogits @ w.double(), 1e-5, "grad_x")
 
 
+def test_every_tile_fits_the_statistics_tiles():
+    """The logits kernel's vocabulary tile is one statistics tile (its epilogue writes that
+    tile's log-sum-exp) and the gradient kernels' tiles divide it (each looks up one tile's
+    statistic): a table entry breaking this would compile and give wrong gradients on a GPU,
+    where the interpreter's single tile never tries it."""
+    for kind, tiles in flce_mod._LOGITS_TILES.items():
+        assert all(t[1] == flce_mod.STAT_N for t in tiles), ("logits", kind)
+    for table in (flce_mod._DX_TILES, flce_mod._DW_TILES):
+        for kind, tiles in table.items():
+            assert all(flce_mod.STAT_N % t[1] == 0 for t in tiles), kind
+    assert all(t[1] == flce_mod.STAT_N or flce_mod.STAT_N % t[1] == 0
+               for t in flce_mod._INTERPRET_TILES.values())
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("rows", [32, 24])  # chunks 32 + 8 and 24 + 16: a ragged last chunk
 def test_autotuning_never_replays_an_accumulating_launch(rows, device, monkeypatch):
